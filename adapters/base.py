@@ -1,0 +1,233 @@
+"""The adapter protocol: everything the model-agnostic core needs to know about one model family.
+
+An adapter *locates* things (the decoder layers, the rotary embedding, the projector, the vision tower) and
+*describes* sequences (the visual layout of each sample). It never copies a `modeling_*.py`: every answer comes from
+the loaded instance, its config and the seams documented in the design notes.
+
+The core only calls the methods defined on `Adapter`. A new family subclasses it (or `LlavaLikeAdapter`) and
+registers with `@vtc.register_adapter("model_type")`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import transformers
+from packaging.version import Version
+from torch import nn
+
+from vtc.errors import PlaceholderMismatchError, UnsupportedModelError, UnsupportedVersionError
+from vtc.layout import BatchLayout, SampleLayout, VisualSpan
+
+__all__ = ["Adapter", "PlaceholderSeam", "VisionFeatures", "shift_spans"]
+
+
+@dataclass
+class VisionFeatures:
+    """The vision tower's output, before the projector, per image or tile.
+
+    Args:
+        patches: one tensor `(h, w, d_vision)` per image or tile, the patch grid in row-major order, in the order
+            the model consumes them (tiles/crops of one image are consecutive).
+        cls: `(n_items, d_vision)` CLS token of each item where the tower has one, else `None`.
+        items_per_image: how many consecutive entries of `patches` belong to each image.
+        extra: family-specific companions that a compressor must reduce the same way (e.g. multi-level features
+            injected into the language model), each a list of levels, each aligned with `patches`.
+        image_inputs: the image inputs the features were computed from (sizes and grids the projector may need).
+    """
+
+    patches: list[torch.Tensor]
+    cls: torch.Tensor | None
+    items_per_image: list[int]
+    extra: dict[str, list[list[torch.Tensor]]] = field(default_factory=dict)
+    image_inputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlaceholderSeam:
+    """Where a processor decides how many placeholders an image gets: `getattr(owner, attribute)`.
+
+    `kind` is `"method"` (a method the processor calls once per image) or `"value"` (a plain attribute).
+    """
+
+    owner: Any
+    attribute: str
+    kind: str
+
+
+def shift_spans(spans: Sequence[VisualSpan], offset: int) -> SampleLayout:
+    """The spans of an image template (starting at 0) moved to start at `offset`."""
+    return tuple(VisualSpan(s.start + offset, s.length, s.grid, s.newline) for s in spans)
+
+
+def _template_length(spans: Sequence[VisualSpan]) -> int:
+    return max(s.end for s in spans)
+
+
+class Adapter:
+    """Base adapter. Subclasses set the class attributes and implement the methods that raise here.
+
+    Class attributes:
+        model_types: filled in by `register_adapter`.
+        model_class_names: names of the transformers classes this adapter understands (checked through the MRO,
+            so subclasses of them are accepted and transformers need not be imported to check).
+        min_transformers / max_transformers: the tested version range, `[min, max)`.
+        dynamic_resolution: whether the family chooses a per-image tiling or resolution (what RVTC changes).
+        image_input_keys: the processor outputs (besides `input_ids`) that describe the images of a batch.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    model_class_names: ClassVar[tuple[str, ...]] = ()
+    min_transformers: ClassVar[str] = "5.23.0"
+    max_transformers: ClassVar[str] = "5.24.0"
+    dynamic_resolution: ClassVar[bool] = False
+    image_input_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    # ------------------------------------------------------------------------------------------------- checks
+    def check_model(self) -> None:
+        """Raise if the instance is not a class this adapter understands, or transformers is out of range."""
+        names = {cls.__name__ for cls in type(self.model).__mro__}
+        if self.model_class_names and not names.intersection(self.model_class_names):
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__} is not supported by {type(self).__name__}: expected one of "
+                f"{', '.join(self.model_class_names)} (load the model with its ...ForConditionalGeneration class)"
+            )
+        version = Version(transformers.__version__)
+        if not Version(self.min_transformers) <= version < Version(self.max_transformers):
+            raise UnsupportedVersionError(
+                f"{type(self).__name__} was tested with transformers >={self.min_transformers},<"
+                f"{self.max_transformers}; found {transformers.__version__}. Install a tested version: "
+                f"pip install 'transformers>={self.min_transformers},<{self.max_transformers}'"
+            )
+
+    # ------------------------------------------------------------------------------------------------- locate
+    @property
+    def base_model(self) -> nn.Module:
+        """The inner multimodal model (`...Model`) that merges image features into the text embeddings."""
+        return self.model.model
+
+    @property
+    def language_model(self) -> nn.Module:
+        """The decoder-only text model (embeddings, decoder layers, final norm, rotary embedding)."""
+        return self.base_model.language_model
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.language_model.layers
+
+    @property
+    def rotary_embedding(self) -> nn.Module:
+        return self.language_model.rotary_emb
+
+    @property
+    def text_config(self):
+        return self.language_model.config
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def projector(self) -> nn.Module:
+        """The vision→language projector module the model applies to the vision tower's output."""
+        raise NotImplementedError
+
+    @property
+    def projector_window(self) -> tuple[int, int]:
+        """How many vision patches `(rows, cols)` the native projector turns into one language token."""
+        raise NotImplementedError
+
+    @property
+    def vision_has_cls(self) -> bool:
+        """Whether the vision tower emits a CLS token (used as PVTC's global query)."""
+        raise NotImplementedError
+
+    @property
+    def uses_mrope(self) -> bool:
+        """Whether positions are 3-axis (temporal, height, width) multimodal rotary positions."""
+        return False
+
+    # ------------------------------------------------------------------------------------------------- vision
+    def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
+        """Run the vision tower and return its output before the projector, per image or tile."""
+        raise NotImplementedError
+
+    def project(self, features: VisionFeatures) -> list[torch.Tensor]:
+        """Apply the model's own projector to `features`: one `(n_tokens, d_text)` tensor per image, in sequence
+        order. Equals the model's `get_image_features(...).pooler_output`, image by image."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------------- layout
+    def image_templates(self, image_inputs: Mapping[str, Any], num_placeholders: int) -> list[SampleLayout]:
+        """The span structure of every image of a batch, in batch order, each starting at position 0.
+
+        Args:
+            image_inputs: the processor outputs named in `image_input_keys` (a key may be missing when a value is
+                implied by the config).
+            num_placeholders: the total number of image placeholders in the batch, for families whose images all
+                have the same size.
+        """
+        raise NotImplementedError
+
+    def visual_layout(self, input_ids: torch.Tensor, image_inputs: Mapping[str, Any]) -> BatchLayout:
+        """Where each sample's visual tokens are and how they are arranged.
+
+        Images fill the placeholders in batch order, exactly as the model's `masked_scatter` does; each image must
+        occupy a contiguous run of placeholders. Samples without images get an empty layout.
+
+        Raises:
+            PlaceholderMismatchError: the placeholders do not match what the images produce.
+        """
+        is_image = (input_ids == self.image_token_id).cpu()
+        total = int(is_image.sum())
+        templates = self.image_templates(image_inputs, total) if total else []
+        expected = sum(sum(s.length for s in t) for t in templates)
+        if expected != total:
+            raise PlaceholderMismatchError(
+                f"the prompts hold {total} image placeholders but the images produce {expected} visual tokens. "
+                "If vtc changes the token count (PVTC or RVTC), pass the model's processor to "
+                "vtc.compress(model, config, processor=processor) and process the inputs with it."
+            )
+        layout: BatchLayout = []
+        next_image = 0
+        for row in is_image:
+            positions = torch.nonzero(row).flatten().tolist()
+            spans: list[VisualSpan] = []
+            cursor = 0
+            while cursor < len(positions):
+                template = templates[next_image]
+                start, length = positions[cursor], _template_length(template)
+                if cursor + length > len(positions) or positions[cursor + length - 1] != start + length - 1:
+                    raise PlaceholderMismatchError(
+                        f"image {next_image} needs {length} consecutive placeholders starting at position {start}, "
+                        "but the run of placeholders there is shorter: the prompt and the images disagree. Process "
+                        "text and images together with the (vtc-patched) processor."
+                    )
+                spans.extend(shift_spans(template, start))
+                cursor += length
+                next_image += 1
+            layout.append(tuple(spans))
+        return layout
+
+    # ------------------------------------------------------------------------------------------------- processor
+    def placeholder_seam(self, processor: Any) -> PlaceholderSeam:
+        """The processor method or attribute that sets the number of placeholders per image."""
+        return PlaceholderSeam(processor, "replace_image_token", "method")
+
+    def image_inputs_from(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """The image-describing entries of a processor output or of a forward call's keyword arguments."""
+        return {k: inputs[k] for k in self.image_input_keys if inputs.get(k) is not None}
+
+    # ------------------------------------------------------------------------------------------------- tiny models
+    @classmethod
+    def build_tiny(cls, model_type: str, attn_implementation: str = "sdpa"):
+        """A tiny random model and a real processor of this family, built in memory (tests, `vtc ablate`)."""
+        from ._tiny import build_tiny_model, build_tiny_processor
+
+        return build_tiny_model(model_type, attn_implementation), build_tiny_processor(model_type)

@@ -1,0 +1,164 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL.
+
+Seams (transformers 5.23, `models/qwen2_vl`, `qwen2_5_vl`, `qwen3_vl`):
+* the ViT (`model.model.visual`) takes flattened patches in merge-block order `(t, h/m, w/m, m, m)` and ends with
+  `visual.merger`, which turns each `m × m` block of patches into one language token: the projector;
+* Qwen2.5-VL runs (and feeds the merger) in window-permuted order, undone with `get_vision_window_index`;
+* Qwen3-VL's DeepStack mergers (`visual.deepstack_merger_list`) produce one more feature per token for each of
+  the first decoder layers;
+* `image_grid_thw` (patch units) gives each image's grid; the language-token grid is `(h/m, w/m)`;
+* positions are 3-axis M-RoPE (`get_rope_index`); processors: `replace_image_token`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.vision_utils import get_vision_window_index
+
+from vtc.errors import PlaceholderMismatchError
+from vtc.layout import SampleLayout, VisualSpan
+from vtc.registry import register_adapter
+
+from .base import Adapter, VisionFeatures
+
+__all__ = ["Qwen2VLAdapter", "Qwen2_5_VLAdapter", "Qwen3VLAdapter"]
+
+
+@register_adapter("qwen2_vl")
+class Qwen2VLAdapter(Adapter):
+    model_class_names = ("Qwen2VLForConditionalGeneration",)
+    dynamic_resolution = True
+    image_input_keys = ("pixel_values", "image_grid_thw")
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.base_model.visual
+
+    @property
+    def merge_size(self) -> int:
+        return self.visual.spatial_merge_size
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.visual.merger
+
+    @property
+    def projector_window(self) -> tuple[int, int]:
+        return self.merge_size, self.merge_size
+
+    @property
+    def vision_has_cls(self) -> bool:
+        return False
+
+    @property
+    def uses_mrope(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------------------------------------- vision
+    def _merger_inputs(self) -> dict[str, nn.Module]:
+        """The modules whose inputs are the patch features: the merger (and DeepStack mergers in Qwen3-VL)."""
+        return {"merger": self.visual.merger}
+
+    def _to_merge_order(self, rows: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """Undo any reordering the tower applied before its merger (identity here; windows in Qwen2.5-VL)."""
+        return rows
+
+    def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
+        grid_thw = image_inputs["image_grid_thw"]
+        captured: dict[str, torch.Tensor] = {}
+        handles = [
+            module.register_forward_pre_hook(lambda _m, args, name=name: captured.__setitem__(name, args[0]))
+            for name, module in self._merger_inputs().items()
+        ]
+        try:
+            self.visual(pixel_values.to(self.visual.dtype), grid_thw=grid_thw)
+        finally:
+            for handle in handles:
+                handle.remove()
+        grids = [self._check_image_grid(g) for g in grid_thw.tolist()]
+        per_name = {name: self._to_grids(self._to_merge_order(rows, grid_thw), grids) for name, rows in captured.items()}
+        patches = per_name.pop("merger")
+        extra = {"deepstack": [per_name[k] for k in sorted(per_name)]} if per_name else {}
+        return VisionFeatures(
+            patches=patches, cls=None, items_per_image=[1] * len(patches), extra=extra, image_inputs=dict(image_inputs)
+        )
+
+    @staticmethod
+    def _check_image_grid(grid: list[int]) -> tuple[int, int]:
+        t, h, w = grid
+        if t != 1:
+            raise PlaceholderMismatchError(f"an image grid_thw must have t=1, got {grid} (videos are not supported)")
+        return h, w
+
+    def _to_grids(self, rows: torch.Tensor, grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Patch rows in merge-block order → one row-major `(h, w, d)` grid per image."""
+        m, out = self.merge_size, []
+        for chunk, (h, w) in zip(torch.split(rows, [h * w for h, w in grids]), grids):
+            blocks = chunk.reshape(h // m, w // m, m, m, -1)
+            out.append(blocks.permute(0, 2, 1, 3, 4).reshape(h, w, -1))
+        return out
+
+    def _from_grid(self, grid: torch.Tensor) -> torch.Tensor:
+        """A row-major `(h, w, d)` grid → patch rows in merge-block order (what the merger consumes)."""
+        h, w, d = grid.shape
+        m = self.merge_size
+        return grid.reshape(h // m, m, w // m, m, d).permute(0, 2, 1, 3, 4).reshape(h * w, d)
+
+    def project(self, features: VisionFeatures) -> list[torch.Tensor]:
+        return [self.projector(self._from_grid(p)) for p in features.patches]
+
+    # ------------------------------------------------------------------------------------------------- layout
+    def image_templates(self, image_inputs: Mapping[str, Any], num_placeholders: int) -> list[SampleLayout]:
+        grid_thw = image_inputs.get("image_grid_thw")
+        if grid_thw is None:
+            raise PlaceholderMismatchError(
+                "the prompt holds image placeholders but no `image_grid_thw` reached the model; pass the "
+                "processor's full output (pixel_values and image_grid_thw) to the model"
+            )
+        m, templates = self.merge_size, []
+        for t, h, w in grid_thw.tolist():
+            hm, wm = h // m, w // m
+            templates.append(tuple(VisualSpan(i * hm * wm, hm * wm, (hm, wm)) for i in range(t)))
+        return templates
+
+
+@register_adapter("qwen2_5_vl")
+class Qwen2_5_VLAdapter(Qwen2VLAdapter):
+    model_class_names = ("Qwen2_5_VLForConditionalGeneration",)
+
+    def _to_merge_order(self, rows: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        visual = self.visual
+        window_index, _ = get_vision_window_index(
+            grid_thw, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
+            patch_size=visual.patch_size,
+        )
+        unit = visual.spatial_merge_unit
+        blocks = rows.reshape(-1, unit, rows.shape[-1])[torch.argsort(window_index.to(rows.device))]
+        return blocks.reshape(rows.shape)
+
+
+@register_adapter("qwen3_vl")
+class Qwen3VLAdapter(Qwen2VLAdapter):
+    model_class_names = ("Qwen3VLForConditionalGeneration",)
+
+    @property
+    def deepstack_layers(self) -> int:
+        """How many leading decoder layers receive DeepStack visual features."""
+        return len(self.visual.deepstack_visual_indexes)
+
+    def _merger_inputs(self) -> dict[str, nn.Module]:
+        mergers = {"merger": self.visual.merger}
+        for i, module in enumerate(self.visual.deepstack_merger_list):
+            mergers[f"deepstack_{i:02d}"] = module
+        return mergers
+
+    def project_deepstack(self, features: VisionFeatures) -> list[list[torch.Tensor]]:
+        """The DeepStack features per level and image, from `features.extra["deepstack"]`."""
+        return [
+            [merger(self._from_grid(p)) for p in level]
+            for merger, level in zip(self.visual.deepstack_merger_list, features.extra["deepstack"])
+        ]

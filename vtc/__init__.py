@@ -1,0 +1,33 @@
+"""vtc: plug-in visual-token compression for multimodal LLMs on Hugging Face transformers.
+
+    import vtc
+    model = vtc.compress(model, vtc.VTCConfig(...), processor=processor)
+    vtc.last_stats(model)
+    vtc.unpatch(model)
+"""
+
+from .api import compress, get_config, is_compressed, last_stats, unpatch
+from .config import LVTCConfig, PVTCConfig, RVTCConfig, VTCConfig
+from .errors import ConfigError, PlaceholderMismatchError, UnsupportedModelError, UnsupportedVersionError, VTCError
+from .registry import register_adapter, supported_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "LVTCConfig",
+    "PVTCConfig",
+    "PlaceholderMismatchError",
+    "RVTCConfig",
+    "UnsupportedModelError",
+    "UnsupportedVersionError",
+    "VTCConfig",
+    "VTCError",
+    "compress",
+    "get_config",
+    "is_compressed",
+    "last_stats",
+    "register_adapter",
+    "supported_models",
+    "unpatch",
+]

@@ -1,0 +1,133 @@
+"""Per-model state of a compressed model, stored on `model._vtc_state`, and the instrumentation that fills its stats.
+
+Nothing here is global: every piece of per-forward state lives on the model's own `VTCState`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ._patch import PatchLedger
+from .config import VTCConfig
+from .layout import BatchLayout
+
+__all__ = ["STATE_ATTR", "VTCState", "install_instrumentation"]
+
+STATE_ATTR = "_vtc_state"
+
+
+@dataclass
+class ForwardRecord:
+    """What the last prefill (a forward that began with an empty cache) looked like."""
+
+    visual_tokens: list[int] = field(default_factory=list)
+    layer_seq_lens: list[int] = field(default_factory=list)
+    sequence_length: int = 0
+    visual_layout: BatchLayout | None = None
+    decode_steps: int = 0
+
+
+@dataclass
+class VTCState:
+    """Everything vtc keeps on a compressed model."""
+
+    config: VTCConfig
+    adapter: Any
+    ledger: PatchLedger
+    processor: Any = None
+    last: ForwardRecord | None = None
+    # image inputs seen by `get_image_features` outside a forward (generate routes them there before prefill)
+    pending_image_inputs: dict[str, Any] | None = None
+    in_forward: bool = False
+    recording: ForwardRecord | None = None
+
+    def stats(self) -> dict[str, Any]:
+        if self.last is None:
+            return {}
+        record = self.last
+        return {
+            "visual_tokens": list(record.visual_tokens),
+            "layer_seq_lens": list(record.layer_seq_lens),
+            "sequence_length": record.sequence_length,
+            "visual_layout": record.visual_layout,
+            "decode_steps": record.decode_steps,
+        }
+
+
+def _cache_is_empty(cache: Any) -> bool:
+    return cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0
+
+
+def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
+    """Record, for every prefill, the visual tokens per sample, the visual layout and each decoder layer's length.
+
+    Hooks only observe: outputs are unchanged. The image inputs that `generate` hands to `get_image_features` before
+    the prefill (it does not pass them to `forward`) are caught by a wrapper with the original signature, because
+    `generate` routes its keyword arguments by `inspect.signature(get_image_features)`.
+    """
+    adapter, ledger = state.adapter, state.ledger
+    base = adapter.base_model
+    forward_signature = inspect.signature(base.forward)
+
+    original_get_image_features = base.get_image_features
+    image_signature = inspect.signature(original_get_image_features)
+
+    def get_image_features(*args, **kwargs):
+        if not state.in_forward:
+            bound = image_signature.bind_partial(*args, **kwargs).arguments
+            flat = {**bound.pop("kwargs", {}), **bound}
+            state.pending_image_inputs = adapter.image_inputs_from(flat)
+        return original_get_image_features(*args, **kwargs)
+
+    get_image_features.__signature__ = image_signature
+    get_image_features.__doc__ = original_get_image_features.__doc__
+    ledger.set_attr(base, "get_image_features", get_image_features)
+
+    def before_forward(_module, args, kwargs):
+        bound = forward_signature.bind_partial(*args, **kwargs).arguments
+        bound = {**bound.pop("kwargs", {}), **bound}
+        image_inputs = adapter.image_inputs_from(bound) or (state.pending_image_inputs or {})
+        state.pending_image_inputs = None
+        if not _cache_is_empty(bound.get("past_key_values")):
+            if state.last is not None:
+                state.last.decode_steps += 1
+            state.recording = None
+            state.in_forward = True
+            return None
+        input_ids = bound.get("input_ids")
+        record = ForwardRecord()
+        if input_ids is not None:
+            is_image = input_ids == adapter.image_token_id
+            record.visual_tokens = is_image.sum(dim=1).tolist()
+            record.sequence_length = input_ids.shape[1]
+            if bool(is_image.any()) and image_inputs:
+                record.visual_layout = adapter.visual_layout(input_ids, image_inputs)
+        state.recording = record
+        state.in_forward = True  # set last: a pre-hook that raised never reaches the always-called closing hook
+        return None
+
+    def after_forward(_module, _args, _kwargs, _output):
+        state.in_forward = False
+        if state.recording is not None:
+            state.last, state.recording = state.recording, None
+
+    ledger.add_hook(base.register_forward_pre_hook(before_forward, with_kwargs=True), "record image inputs")
+    ledger.add_hook(
+        base.register_forward_hook(after_forward, with_kwargs=True, always_call=True), "close forward record"
+    )
+
+    for index, layer in enumerate(adapter.decoder_layers):
+
+        def record_length(_module, args, kwargs, index=index):
+            if state.recording is not None:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                lens = state.recording.layer_seq_lens
+                lens.extend([0] * (index + 1 - len(lens)))
+                lens[index] = hidden.shape[1]
+            return None
+
+        ledger.add_hook(layer.register_forward_pre_hook(record_length, with_kwargs=True), f"record layer {index}")

@@ -1,0 +1,120 @@
+"""The public verbs: compress a loaded model in place, inspect it, undo it.
+
+    model = vtc.compress(model, vtc.VTCConfig(...), processor=processor)
+    vtc.last_stats(model)
+    vtc.unpatch(model)
+
+`compress` patches the given instances (never transformers' classes or modules) and records every change in a
+ledger on `model._vtc_state`; `unpatch` replays the ledger backwards. A `compress` that fails rolls back whatever it
+had already done, so the model is exactly as it was.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ._patch import PatchLedger
+from ._state import STATE_ATTR, VTCState, install_instrumentation
+from .config import VTCConfig
+from .errors import ConfigError, UnsupportedModelError
+from .registry import get_adapter
+
+__all__ = ["compress", "get_adapter_of", "get_config", "is_compressed", "last_stats", "unpatch"]
+
+# Components whose implementation is not part of this release yet: refusing them beats silently ignoring them.
+_NOT_YET_AVAILABLE = ("pvtc", "lvtc", "rvtc")
+
+
+def _state(model: nn.Module) -> VTCState | None:
+    return model.__dict__.get(STATE_ATTR)
+
+
+def _require_state(model: nn.Module) -> VTCState:
+    state = _state(model)
+    if state is None:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not compressed by vtc; call vtc.compress(model, config) first"
+        )
+    return state
+
+
+def compress(model: nn.Module, config: VTCConfig, processor: Any = None) -> nn.Module:
+    """Patch `model` (and `processor`) in place with the components enabled in `config`; return the same model.
+
+    Calling it on an already-compressed model first undoes the previous compression, so calling it twice equals
+    calling it once.
+
+    Args:
+        model: a loaded `...ForConditionalGeneration` of a supported family (`vtc.supported_models()`).
+        config: which components to apply; a component set to `None` is off.
+        processor: the model's processor. Required whenever a component changes the number of visual tokens the
+            model produces (PVTC, RVTC): the processor is patched to emit the matching number of placeholders.
+
+    Raises:
+        ConfigError: `config` is invalid, or invalid for this model.
+        UnsupportedModelError: the model's family or class is not supported.
+        UnsupportedVersionError: the installed transformers is outside the tested range.
+    """
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(f"vtc.compress expects a torch nn.Module, got {type(model).__name__}")
+    if not isinstance(config, VTCConfig):
+        raise ConfigError("config", config, "a vtc.VTCConfig", hint="e.g. vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4))")
+    adapter = get_adapter(model)  # raises before anything is touched
+    for name in _NOT_YET_AVAILABLE:
+        if getattr(config, name) is not None:
+            raise ConfigError(name, getattr(config, name), "None: this component is not available in this release")
+    if is_compressed(model):
+        unpatch(model)
+
+    ledger = PatchLedger()
+    state = VTCState(config=config, adapter=adapter, ledger=ledger, processor=processor)
+    try:
+        ledger.set_attr(model, STATE_ATTR, state)
+        install_instrumentation(model, state)
+    except BaseException:
+        ledger.rollback()
+        raise
+    return model
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Undo `compress`: the model and its processor are exactly as before (weights, submodules, hooks, attributes).
+
+    A model that is not compressed is returned unchanged.
+    """
+    state = _state(model)
+    if state is not None:
+        state.ledger.rollback()  # the first entry set `_vtc_state`, so the rollback also removes it
+    return model
+
+
+def is_compressed(model: nn.Module) -> bool:
+    """Whether `model` currently carries a vtc compression."""
+    return _state(model) is not None
+
+
+def get_config(model: nn.Module) -> VTCConfig:
+    """The `VTCConfig` the model was compressed with."""
+    return _require_state(model).config
+
+
+def get_adapter_of(model: nn.Module):
+    """The adapter a compressed model was patched through (for components and advanced users)."""
+    return _require_state(model).adapter
+
+
+def last_stats(model: nn.Module) -> dict[str, Any]:
+    """What the last prefill of a compressed model looked like (empty before the first forward).
+
+    A prefill is a forward that starts with an empty cache: a plain forward, or the first step of `generate`.
+    Decode steps do not overwrite it; they are counted in `decode_steps`.
+
+    Returns:
+        `visual_tokens`: per sample, the visual tokens at the language model's input;
+        `layer_seq_lens`: per decoder layer, the sequence length it processed;
+        `sequence_length`: the prompt length; `visual_layout`: the per-sample visual layout (or `None` when the
+        forward had no image inputs); `decode_steps`: cached decode steps since the prefill.
+    """
+    return _require_state(model).stats()
