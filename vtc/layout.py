@@ -21,7 +21,7 @@ class VisualSpan:
         grid: `(h, w)` when the tokens are the cells of a 2-D grid in row-major order, `None` when they have no grid
             (a CLS or newline token, anything unknown).
         newline: only with a grid: each grid row is followed by one extra token that is not a grid cell (the
-            LLaVA-NeXT "image newline"), so the span holds `h * (w + 1)` positions and cell `(i, j)` sits at
+            "image newline" some families use), so the span holds `h * (w + 1)` positions and cell `(i, j)` sits at
             `start + i * (w + 1) + j`.
     """
 

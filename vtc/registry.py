@@ -37,7 +37,7 @@ def register_adapter(*model_types: str):
         ValueError: a model type is empty, not lower case, or already registered.
     """
     if not model_types:
-        raise ValueError("register_adapter needs at least one model_type, e.g. @register_adapter('llava')")
+        raise ValueError("register_adapter needs at least one model_type, e.g. @register_adapter('my_vlm')")
 
     def decorator(cls: type) -> type:
         for model_type in model_types:

@@ -1,0 +1,53 @@
+"""The `vtc` console script: info and the ablation harness."""
+
+import csv
+import json
+
+import pytest
+
+from vtc.cli import format_table, main
+
+
+def test_info_lists_families_versions_and_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for text in ("transformers", "torch", "llava_next", "qwen3_vl", "sdpa (yes)", "flash_attention_2"):
+        assert text in out
+
+
+def test_ablate_writes_jsonl_and_csv_with_a_baseline_row(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert main(["ablate", "--families", "llava,qwen2_vl", "--repeats", "2", "--batch", "2", "--quiet",
+                 "--out", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "baseline" in printed and "FLOPs rel" in printed
+    rows = [json.loads(line) for line in (out_dir / "ablate.jsonl").read_text().splitlines()]
+    assert [(r["family"], r["config_name"]) for r in rows] == [("llava", "baseline"), ("qwen2_vl", "baseline")]
+    llava, qwen = rows
+    assert llava["visual_tokens"] == [64, 64] and llava["batch_size"] == 2
+    assert qwen["visual_tokens"] == [16, 35]
+    for row in rows:
+        assert row["flops_rel"] == 1.0 and row["latency_rel"] == 1.0
+        assert len(row["latency_ms_all"]) == 2 and row["latency_ms"] > 0
+        assert row["flops"] > 0 and row["kv_cache_mb"] > 0
+        assert len(row["layer_seq_lens"]) == 4
+        assert row["environment"]["transformers"].startswith("5.23")
+    with (out_dir / "ablate.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 2 and json.loads(table[0]["config"]) == {"pvtc": None, "lvtc": None, "rvtc": None}
+
+
+def test_ablate_rejects_an_unknown_family():
+    import vtc
+
+    with pytest.raises(vtc.UnsupportedModelError, match="llava"):
+        main(["ablate", "--families", "not_a_family", "--repeats", "1", "--quiet"])
+
+
+def test_format_table_aligns_columns():
+    class Row:
+        family, config_name, visual_tokens = "f", "baseline", [1, 2]
+        mean_layer_seq_len, flops_rel, latency_ms, latency_rel, kv_cache_mb, peak_mem_mb = 3.0, 1, 2, 1, 0.5, None
+
+    lines = format_table([Row()]).splitlines()
+    assert len(lines) == 3 and "1/2" in lines[2] and "n/a" in lines[2]

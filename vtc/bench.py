@@ -1,0 +1,166 @@
+"""Side-by-side prefill measurement of compression configurations on one model.
+
+Every configuration is measured in the same process, on the same model instance, in interleaved rounds (round r
+times each configuration once), so that slow drifts of the machine (thermal, other load) hit all of them alike.
+Latency is the median over rounds. FLOPs come from `vtc.flops` with the per-layer lengths the model really ran.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .api import compress, last_stats, unpatch
+from .config import VTCConfig
+from .flops import prefill_flops
+from .registry import get_adapter
+
+__all__ = ["AblationRow", "measure_configs"]
+
+InputsFn = Callable[[Any], Mapping[str, Any]]
+
+
+@dataclass
+class AblationRow:
+    """One configuration's measurements. `*_rel` fields are relative to the row named `baseline`."""
+
+    family: str
+    config_name: str
+    config: dict[str, Any]
+    batch_size: int
+    visual_tokens: list[int]
+    layer_seq_lens: list[int]
+    mean_layer_seq_len: float
+    flops: int
+    latency_ms: float
+    latency_ms_all: list[float]
+    kv_cache_mb: float
+    peak_mem_mb: float | None
+    flops_rel: float = 1.0
+    latency_rel: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cache_megabytes(cache: Any) -> float:
+    """Bytes held by a transformers cache (all layers, keys and values), in MiB."""
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total / 2**20
+
+
+def _prefill(model: nn.Module, inputs: Mapping[str, Any]):
+    # `generate` computes logits for the last position only at prefill; do the same so that the vocabulary
+    # projection does not dominate the measurement of what compression changes.
+    return model(**inputs, use_cache=True, logits_to_keep=1)
+
+
+def _timed_prefill(model: nn.Module, inputs: Mapping[str, Any], device: torch.device) -> tuple[float, Any]:
+    _synchronize(device)
+    start = time.perf_counter()
+    output = _prefill(model, inputs)
+    _synchronize(device)
+    return (time.perf_counter() - start) * 1e3, output
+
+
+def _peak_memory_mb(model: nn.Module, inputs: Mapping[str, Any], device: torch.device) -> float | None:
+    """Peak device memory of one prefill above what was allocated before it (CUDA only; None elsewhere)."""
+    if device.type != "cuda":
+        return None
+    _synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    _prefill(model, inputs)
+    _synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def measure_configs(
+    model: nn.Module,
+    processor: Any,
+    configs: Mapping[str, VTCConfig],
+    inputs_fn: InputsFn,
+    *,
+    family: str,
+    repeats: int = 5,
+    warmup: int = 1,
+    progress: Callable[[], None] | None = None,
+) -> Iterator[AblationRow]:
+    """Measure each configuration's prefill on `model`; yield one row per configuration.
+
+    Args:
+        configs: name → config; the name `baseline` (if present) is the reference for the relative columns.
+        inputs_fn: builds the model inputs from the (possibly vtc-patched) processor, so that placeholder counts
+            always match the configuration being measured.
+        repeats: timed rounds; each round times every configuration once, interleaved.
+        warmup: untimed prefills per configuration before the first round.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    device = next(model.parameters()).device
+    text_config = get_adapter(model).text_config
+    names = list(configs)
+    inputs: dict[str, Mapping[str, Any]] = {}
+    timings: dict[str, list[float]] = {name: [] for name in names}
+    stats: dict[str, dict[str, Any]] = {}
+    cache_mb: dict[str, float] = {}
+    peak_mb: dict[str, float | None] = {}
+
+    with torch.inference_mode():
+        for name in names:  # warm up every configuration and collect what does not need repeating
+            compress(model, configs[name], processor=processor)
+            inputs[name] = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                            for k, v in inputs_fn(processor).items()}
+            for _ in range(warmup):
+                _prefill(model, inputs[name])
+            output = _prefill(model, inputs[name])
+            stats[name] = last_stats(model)
+            cache_mb[name] = _cache_megabytes(output.past_key_values)
+            peak_mb[name] = _peak_memory_mb(model, inputs[name], device)
+        for _ in range(repeats):
+            for name in names:
+                compress(model, configs[name], processor=processor)
+                elapsed, _ = _timed_prefill(model, inputs[name], device)
+                timings[name].append(elapsed)
+                if progress is not None:
+                    progress()
+    unpatch(model)
+
+    rows = []
+    for name in names:
+        record = stats[name]
+        lens = record["layer_seq_lens"]
+        batch = len(record["visual_tokens"]) or 1
+        rows.append(AblationRow(
+            family=family,
+            config_name=name,
+            config=configs[name].to_dict(),
+            batch_size=batch,
+            visual_tokens=record["visual_tokens"],
+            layer_seq_lens=lens,
+            mean_layer_seq_len=sum(lens) / len(lens),
+            flops=batch * prefill_flops(text_config, lens).total,
+            latency_ms=statistics.median(timings[name]),
+            latency_ms_all=timings[name],
+            kv_cache_mb=cache_mb[name],
+            peak_mem_mb=peak_mb[name],
+        ))
+    reference = next((r for r in rows if r.config_name == "baseline"), rows[0])
+    for row in rows:
+        row.flops_rel = row.flops / reference.flops
+        row.latency_rel = row.latency_ms / reference.latency_ms
+    yield from rows

@@ -1,0 +1,28 @@
+"""Pure tensor ops behind every compressor: group index, pool / unpool, masks and positions.
+
+Axes used across the package: b batch, s sequence (full length), g groups (compressed length), d hidden,
+a rope axes. Everything here is tensor-in / tensor-out, holds no state and knows no model family.
+"""
+
+from vtc.ops.groups import GroupIndex, check_layout, compressed_lengths, group_index
+from vtc.ops.masks import compact_mask, extend_mask
+from vtc.ops.pool import pool, unpool, unpool_bilinear
+from vtc.ops.positions import compact_positions, gather_groups
+from vtc.ops.windows import check_ratio, pooled_grid, window_shape
+
+__all__ = [
+    "GroupIndex",
+    "check_layout",
+    "check_ratio",
+    "compact_mask",
+    "compact_positions",
+    "compressed_lengths",
+    "extend_mask",
+    "gather_groups",
+    "group_index",
+    "pool",
+    "pooled_grid",
+    "unpool",
+    "unpool_bilinear",
+    "window_shape",
+]
