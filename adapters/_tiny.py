@@ -28,6 +28,7 @@ __all__ = [
     "build_tiny_model",
     "build_tiny_processor",
     "default_image_sizes",
+    "image_placeholder",
     "tiny_batch",
     "tiny_images",
     "tiny_tokenizer",
@@ -458,7 +459,7 @@ def default_image_sizes(model_type: str, batch: int = 1) -> list[tuple[int, int]
 _DEFAULT_PROMPTS = ("w3 w7 {image} describe the image .", "what is in this picture ? w11 w12 w13 {image} w5 w8 w9 .")
 
 
-def _image_placeholder(model_type: str) -> str:
+def image_placeholder(model_type: str) -> str:
     # What the families' chat templates write for one image; the processor expands the image token in it.
     if model_type.startswith("qwen"):
         return "<|vision_start|><|image_pad|><|vision_end|>"
@@ -504,6 +505,6 @@ def tiny_batch(
         prompts = list(prompt)
         if len(prompts) != batch:
             raise ValueError(f"got {len(prompts)} prompts for a batch of {batch}")
-    placeholder = _image_placeholder(model_type)
+    placeholder = image_placeholder(model_type)
     texts = [p.replace("{image}", placeholder) if "{image}" in p else f"{placeholder} {p}" for p in prompts]
     return processor(images=tiny_images(image_sizes), text=texts, return_tensors="pt", padding=True)

@@ -46,7 +46,7 @@ def pool(x: torch.Tensor, gi: GroupIndex) -> torch.Tensor:
         return x.clone()
     b = x.shape[0]
     flat = x.flatten(2)
-    acc = flat
+    acc = flat.float() if x.dtype in _HALF else flat
     index = gi.index.to(x.device)[:, :, None].expand_as(acc)
     # include_self=False: the zeros only survive in padding slots, which no position scatters into.
     out = acc.new_zeros(b, gi.max_groups, acc.shape[-1]).scatter_reduce(1, index, acc, "mean", include_self=False)
