@@ -51,3 +51,17 @@ def test_format_table_aligns_columns():
 
     lines = format_table([Row()]).splitlines()
     assert len(lines) == 3 and "1/2" in lines[2] and "n/a" in lines[2]
+
+
+def test_ablate_loads_a_local_checkpoint_without_network(tmp_path, monkeypatch):
+    from vtc.adapters._tiny import build_tiny_model, build_tiny_processor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    checkpoint = tmp_path / "tiny-llava"
+    build_tiny_model("llava").save_pretrained(checkpoint)
+    build_tiny_processor("llava").save_pretrained(checkpoint)
+    out_dir = tmp_path / "run"
+    assert main(["ablate", "--model", str(checkpoint), "--repeats", "1", "--batch", "2", "--quiet",
+                 "--image-sizes", "640x480,320x240", "--out", str(out_dir)]) == 0
+    (row,) = [json.loads(line) for line in (out_dir / "ablate.jsonl").read_text().splitlines()]
+    assert row["family"] == "llava" and row["visual_tokens"] == [64, 64]

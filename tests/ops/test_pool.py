@@ -166,3 +166,7 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(pool(x.cuda(), gi_cuda).cpu(), pool(x, gi))
     torch.testing.assert_close(unpool_bilinear(pool(x.cuda(), gi), gi, layout, 4).cpu(),
                                unpool_bilinear(pool(x, gi), gi, layout, 4))
+    # bfloat16 sums stall at 256 (256 + 1 rounds back to 256): the float32 accumulation keeps the mean exact. CPU
+    # kernels accumulate in float32 on their own, so only CUDA can tell.
+    run = group_index([(VisualSpan(0, 1024),)], 1024, 1024, device="cuda")
+    assert pool(torch.ones(1, 1024, 1, dtype=torch.bfloat16, device="cuda"), run).item() == 1.0

@@ -35,7 +35,7 @@ def compact_mask(mask2d: torch.Tensor | None, gi: GroupIndex) -> torch.Tensor | 
         raise ValueError(f"mask2d must have shape (b={gi.batch_size}, s={gi.seq_len}), got {tuple(mask2d.shape)}")
     first, valid = gi.first.to(mask2d.device), gi.valid.to(mask2d.device)
     kept = mask2d.gather(1, first)
-    return kept
+    return torch.where(valid, kept, torch.zeros((), dtype=mask2d.dtype, device=mask2d.device))
 
 
 def extend_mask(compact: torch.Tensor | None, mask2d_new: torch.Tensor | None, n_new: int, batch: int, *,
