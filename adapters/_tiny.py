@@ -203,6 +203,18 @@ def _clip_vision() -> dict:
     )
 
 
+def _clip_llava_kwargs(model_type: str) -> dict:
+    """What LLaVA-1.5 and LLaVA-NeXT share: CLIP, a Llama decoder, the penultimate layer without CLS."""
+    return dict(
+        vision_config=_clip_vision(),
+        text_config=dict(model_type="llama", **_TEXT),
+        image_token_index=IMAGE_TOKEN_IDS[model_type],
+        image_seq_length=64,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+
+
 def _tiny_config(model_type: str):
     import transformers as tf
 
@@ -226,25 +238,9 @@ def _tiny_config(model_type: str):
         )
     if model_type == "llava":
         # CLIP 32 px, patch 4 -> 8x8 = 64 tokens (CLS dropped by the "default" strategy).
-        return tf.LlavaConfig(
-            vision_config=_clip_vision(),
-            text_config=dict(model_type="llama", **_TEXT),
-            image_token_index=IMAGE_TOKEN_IDS["llava"],
-            image_seq_length=64,
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-            projector_hidden_act="gelu",
-        )
+        return tf.LlavaConfig(**_clip_llava_kwargs("llava"), projector_hidden_act="gelu")
     if model_type == "llava_next":
-        return tf.LlavaNextConfig(
-            vision_config=_clip_vision(),
-            text_config=dict(model_type="llama", **_TEXT),
-            image_token_index=IMAGE_TOKEN_IDS["llava_next"],
-            image_seq_length=64,
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-            image_grid_pinpoints=_PINPOINTS,
-        )
+        return tf.LlavaNextConfig(**_clip_llava_kwargs("llava_next"), image_grid_pinpoints=_PINPOINTS)
     if model_type == "llava_onevision":
         # SigLIP has no CLS token, so the select strategy is "full".
         return tf.LlavaOnevisionConfig(
