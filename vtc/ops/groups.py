@@ -9,6 +9,7 @@ Everything the compressed sequence needs (pooled states, attention mask, positio
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,7 +69,7 @@ class GroupIndex:
 
 def check_layout(layout: BatchLayout, seq_len: int) -> None:
     """Raise `ValueError` unless every sample's spans are ordered, disjoint and inside `[0, seq_len)`."""
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
+    if isinstance(seq_len, bool) or not isinstance(seq_len, numbers.Integral) or seq_len < 0:
         raise ValueError(f"seq_len must be an integer >= 0, got {seq_len!r}")
     if isinstance(layout, (str, bytes)) or not isinstance(layout, Sequence) or len(layout) == 0:
         raise ValueError("layout must be a non-empty list with one tuple of VisualSpans per sample")
