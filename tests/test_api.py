@@ -134,3 +134,14 @@ def test_text_only_forward_records_no_visual_tokens(llava):
         model(input_ids=ids)
     stats = vtc.last_stats(model)
     assert stats["visual_tokens"] == [0] and stats["visual_layout"] is None and stats["layer_seq_lens"] == [4] * 4
+
+
+@pytest.mark.parametrize(
+    "config",
+    [vtc.VTCConfig(pvtc=vtc.PVTCConfig()), vtc.VTCConfig(lvtc=vtc.LVTCConfig()), vtc.VTCConfig(rvtc=vtc.RVTCConfig())],
+)
+def test_components_not_in_this_release_are_refused_not_ignored(llava, config):
+    model, processor, _ = llava
+    with pytest.raises(vtc.ConfigError, match="not available"):
+        vtc.compress(model, config, processor=processor)
+    assert not vtc.is_compressed(model)
