@@ -188,6 +188,8 @@ _QWEN_VISION = dict(
     spatial_merge_size=_MERGE,
     in_channels=3,
 )
+# Qwen2.5-VL and Qwen3-VL name the tower width `hidden_size` and the merger's output width `out_hidden_size`.
+_QWEN_SEPARATE_OUT_VISION = dict(_QWEN_VISION, hidden_size=32, intermediate_size=64, out_hidden_size=64)
 
 
 def _clip_vision() -> dict:
@@ -271,10 +273,7 @@ def _tiny_config(model_type: str):
     if model_type == "qwen2_5_vl":
         return tf.Qwen2_5_VLConfig(
             vision_config=dict(
-                _QWEN_VISION,
-                hidden_size=32,
-                intermediate_size=64,
-                out_hidden_size=64,
+                _QWEN_SEPARATE_OUT_VISION,
                 window_size=16,  # 16 px / patch 4 / merge 2 = 2x2 merged tokens per attention window
                 fullatt_block_indexes=[1],
             ),
@@ -284,10 +283,7 @@ def _tiny_config(model_type: str):
     if model_type == "qwen3_vl":
         return tf.Qwen3VLConfig(
             vision_config=dict(
-                _QWEN_VISION,
-                hidden_size=32,
-                intermediate_size=64,
-                out_hidden_size=64,
+                _QWEN_SEPARATE_OUT_VISION,
                 num_position_embeddings=64,  # learned 8x8 position grid, resampled to each image's grid
                 deepstack_visual_indexes=[0],
             ),
