@@ -192,17 +192,19 @@ _QWEN_VISION = dict(
 _QWEN_SEPARATE_OUT_VISION = dict(_QWEN_VISION, hidden_size=32, intermediate_size=64, out_hidden_size=64)
 
 
+# The ViT size shared by the CLIP (LLaVA, LLaVA-NeXT) and SigLIP (OneVision) towers.
+_VIT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=_IMAGE_SIZE,
+    patch_size=_PATCH,
+)
+
+
 def _clip_vision() -> dict:
-    return dict(
-        model_type="clip_vision_model",
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=_IMAGE_SIZE,
-        patch_size=_PATCH,
-        projection_dim=32,
-    )
+    return dict(_VIT, model_type="clip_vision_model", projection_dim=32)
 
 
 def _clip_llava_kwargs(model_type: str) -> dict:
@@ -246,15 +248,7 @@ def _tiny_config(model_type: str):
     if model_type == "llava_onevision":
         # SigLIP has no CLS token, so the select strategy is "full".
         return tf.LlavaOnevisionConfig(
-            vision_config=dict(
-                model_type="siglip_vision_model",
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                image_size=_IMAGE_SIZE,
-                patch_size=_PATCH,
-            ),
+            vision_config=dict(_VIT, model_type="siglip_vision_model"),
             text_config=dict(model_type="qwen2", **_TEXT),
             image_token_index=IMAGE_TOKEN_IDS["llava_onevision"],
             video_token_index=_TOK["<video>"],

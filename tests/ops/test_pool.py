@@ -9,7 +9,7 @@ import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import given
-from test_groups import RATIOS, batch_layouts
+from strategies import RATIOS, batch_layouts
 
 from vtc.layout import VisualSpan
 from vtc.ops import group_index, pool, unpool, unpool_bilinear
