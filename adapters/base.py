@@ -18,9 +18,12 @@ import torch
 import transformers
 from packaging.version import Version
 from torch import nn
+from transformers.utils import ModelOutput
 
+from vtc._patch import PatchLedger
 from vtc.errors import PlaceholderMismatchError, UnsupportedModelError, UnsupportedVersionError
 from vtc.layout import BatchLayout, SampleLayout, VisualSpan
+from vtc.ops import pooled_grid
 
 __all__ = ["Adapter", "PlaceholderSeam", "VisionFeatures", "shift_spans"]
 
@@ -153,9 +156,33 @@ class Adapter:
         """Whether positions are 3-axis (temporal, height, width) multimodal rotary positions."""
         return False
 
+    @property
+    def visual_injection_layers(self) -> int:
+        """How many leading decoder layers have visual features added to their output at the visual positions.
+
+        LVTC may only compress from this layer on: the injection indexes the full-length sequence.
+        """
+        return 0
+
+    @property
+    def vision_feature_dim(self) -> int:
+        """The width of the vision features the projector consumes, per patch."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------------------------------------- vision
     def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
         """Run the vision tower and return its output before the projector, per image or tile."""
+        raise NotImplementedError
+
+    def apply_projector(self, projector: nn.Module, grid: torch.Tensor) -> torch.Tensor:
+        """Apply `projector` (the model's own, or a copy of it) to patch grids the way the model does.
+
+        Args:
+            grid: `(n, h, w, d)` patch grids, `h` and `w` multiples of `projector_window`.
+
+        Returns:
+            `(n, h / th, w / tw, d_text)`: the language tokens in row-major grid order.
+        """
         raise NotImplementedError
 
     def project(self, features: VisionFeatures) -> list[torch.Tensor]:
@@ -214,6 +241,44 @@ class Adapter:
                 next_image += 1
             layout.append(tuple(spans))
         return layout
+
+    # ------------------------------------------------------------------------------------------------- PVTC
+    #: Native tokens per side of one PVTC output token, or `None` when PVTC is off; set by PVTC through the ledger.
+    pvtc_side: int | None = None
+
+    def token_grid_under_pvtc(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """The language-token grid a native `(h, w)` token grid becomes under PVTC (itself when PVTC is off).
+
+        The one count function of both sides: the model's output and the processor's placeholders come from it.
+        """
+        side = self.pvtc_side or 1
+        return pooled_grid(grid, (side, side))
+
+    @property
+    def reference_token_grid(self) -> tuple[int, int]:
+        """The native token grid of one tile or crop (or, for families without tiles, of a typical image)."""
+        raise NotImplementedError
+
+    @property
+    def fixed_token_grid(self) -> bool:
+        """Whether every tile or crop has exactly `reference_token_grid` (False: each image has its own grid)."""
+        return True
+
+    def pvtc_output(self, tokens: list[torch.Tensor], features: VisionFeatures) -> ModelOutput:
+        """What the model's `get_image_features` returns, built from PVTC's tokens.
+
+        Args:
+            tokens: one `(gh, gw, d_text)` token grid per item of `features.patches`.
+            features: the vision features the tokens were made from.
+        """
+        raise NotImplementedError
+
+    def patch_model_for_pvtc(self, ledger: PatchLedger) -> None:
+        """Patch whatever else in the model must see PVTC's token grids (e.g. a position index)."""
+
+    def patch_processor_for_pvtc(self, processor: Any, ledger: PatchLedger) -> None:
+        """Make `processor` emit one placeholder per PVTC token (`token_grid_under_pvtc`)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------------- processor
     def placeholder_seam(self, processor: Any) -> PlaceholderSeam:

@@ -15,7 +15,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
 
+from vtc._patch import PatchLedger
 from vtc.errors import PlaceholderMismatchError
 from vtc.layout import SampleLayout, VisualSpan
 from vtc.registry import register_adapter
@@ -63,14 +66,39 @@ class InternVLAdapter(Adapter):
         patches = hidden[:, 1:].reshape(-1, h, w, hidden.shape[-1])
         return VisionFeatures(patches=list(patches), cls=hidden[:, 0], items_per_image=[1] * len(patches))
 
-    def project(self, features: VisionFeatures) -> list[torch.Tensor]:
-        patches = torch.stack(features.patches)
-        shuffled = self.base_model.pixel_shuffle(patches, scale_factor=self.model.config.downsample_ratio)
-        tokens = self.projector(shuffled.reshape(patches.shape[0], -1, shuffled.shape[-1]))
-        return list(tokens)
+    @property
+    def vision_feature_dim(self) -> int:
+        return self.model.config.vision_config.hidden_size
 
+    def apply_projector(self, projector: nn.Module, grid: torch.Tensor) -> torch.Tensor:
+        shuffled = self.base_model.pixel_shuffle(grid, scale_factor=self.model.config.downsample_ratio)
+        return projector(shuffled)
+
+    def project(self, features: VisionFeatures) -> list[torch.Tensor]:
+        tokens = self.apply_projector(self.projector, torch.stack(features.patches))
+        return list(tokens.flatten(1, 2))
+
+    # ------------------------------------------------------------------------------------------------- PVTC
+    @property
+    def reference_token_grid(self) -> tuple[int, int]:
+        return self.token_grid
+
+    def pvtc_output(self, tokens: list[torch.Tensor], features: VisionFeatures) -> ModelOutput:
+        # The model checks `pooler_output.shape[0] * shape[1]` against its placeholders: one row per tile.
+        return BaseModelOutputWithPooling(pooler_output=torch.stack(tokens).flatten(1, 2))
+
+    def patch_processor_for_pvtc(self, processor: Any, ledger: PatchLedger) -> None:
+        h, w = self.token_grid_under_pvtc(self.token_grid)
+        ledger.set_attr(processor, "image_seq_length", h * w)
+
+    def patch_model_for_pvtc(self, ledger: PatchLedger) -> None:
+        # Bookkeeping only (the model never reads it), kept in step so that a saved config tells the truth.
+        h, w = self.token_grid_under_pvtc(self.token_grid)
+        ledger.set_attr(self.model.config, "image_seq_length", h * w)
+
+    # ------------------------------------------------------------------------------------------------- layout
     def image_templates(self, image_inputs: Mapping[str, Any], num_placeholders: int) -> list[SampleLayout]:
-        h, w = self.token_grid
+        h, w = self.token_grid_under_pvtc(self.token_grid)
         per_tile = h * w
         num_tiles, remainder = divmod(num_placeholders, per_tile)
         pixel_values = image_inputs.get("pixel_values")

@@ -11,13 +11,22 @@ Seams (transformers 5.23, `models/llava*/modeling_llava*.py`):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.llava_next.modeling_llava_next import (
+    get_anyres_image_grid_shape,
+    image_size_to_num_patches,
+    unpad_image,
+)
+from transformers.utils import ModelOutput
 
+from vtc._patch import PatchLedger
 from vtc.errors import PlaceholderMismatchError
 from vtc.layout import SampleLayout, VisualSpan
 from vtc.registry import register_adapter
@@ -25,6 +34,14 @@ from vtc.registry import register_adapter
 from .base import Adapter, PlaceholderSeam, VisionFeatures
 
 __all__ = ["LlavaAdapter", "LlavaNextAdapter", "LlavaOnevisionAdapter"]
+
+
+def _split_list(items: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(list(items[start:start + size]))
+        start += size
+    return out
 
 
 class LlavaLikeAdapter(Adapter):
@@ -58,8 +75,24 @@ class LlavaLikeAdapter(Adapter):
 
     @property
     def keeps_cls_token(self) -> bool:
-        """Whether the CLS token itself becomes a language token (`"full"` strategy on a tower that has one)."""
-        return self.model.config.vision_feature_select_strategy == "full" and self.vision_has_cls
+        """Whether the CLS token itself becomes a language token (`"full"` strategy on a tower that has one).
+
+        Under PVTC it never does: the CLS token is the global query instead.
+        """
+        strategy = self.model.config.vision_feature_select_strategy
+        return strategy == "full" and self.vision_has_cls and self.pvtc_side is None
+
+    @property
+    def vision_feature_dim(self) -> int:
+        layer = self.model.config.vision_feature_layer
+        return self.model.config.vision_config.hidden_size * (1 if isinstance(layer, int) else len(layer))
+
+    @property
+    def reference_token_grid(self) -> tuple[int, int]:
+        return self.patch_grid
+
+    def apply_projector(self, projector: nn.Module, grid: torch.Tensor) -> torch.Tensor:
+        return projector(grid)  # one token per patch: the MLP acts on the last axis
 
     def _selected_hidden_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The vision hidden states the model selects, CLS included where the tower has one: `(n, tokens, d)`."""
@@ -97,8 +130,19 @@ class LlavaAdapter(LlavaLikeAdapter):
         cls = features.cls if features.cls is not None else [None] * len(features.patches)
         return [self._project_item(p, c) for p, c in zip(features.patches, cls)]
 
+    def pvtc_output(self, tokens: list[torch.Tensor], features: VisionFeatures) -> ModelOutput:
+        return BaseModelOutputWithPooling(pooler_output=[t.flatten(0, 1) for t in tokens])
+
+    def patch_processor_for_pvtc(self, processor: Any, ledger: PatchLedger) -> None:
+        h, w = self.token_grid_under_pvtc(self.patch_grid)
+
+        def replace_image_token(image_inputs: dict, image_idx: int, **kwargs) -> str:
+            return processor.image_token * (h * w)
+
+        ledger.set_attr(processor, "replace_image_token", replace_image_token)
+
     def image_templates(self, image_inputs: Mapping[str, Any], num_placeholders: int) -> list[SampleLayout]:
-        h, w = self.patch_grid
+        h, w = self.token_grid_under_pvtc(self.patch_grid)
         template: SampleLayout = (VisualSpan(0, h * w, (h, w)),)
         if self.keeps_cls_token:
             template = (VisualSpan(0, 1, None), VisualSpan(1, h * w, (h, w)))
@@ -133,6 +177,59 @@ class _AnyResAdapter(LlavaLikeAdapter):
     def _pack_with_model(self, features, image_sizes, newline):
         raise NotImplementedError
 
+    def _pack_grids(self, grids: list[torch.Tensor], image_sizes, newline: torch.Tensor) -> list[torch.Tensor]:
+        """Pack token grids of any size as `pack_image_features` packs the native ones: one `(tokens, d)` per image.
+
+        The model's own packing assumes the native grid of a crop; under PVTC each crop has the pooled grid, and the
+        same steps (base crop; the high-resolution crops joined into one grid, unpadded to the image's aspect
+        ratio, a newline token closing each row) run on it with the family's own helpers.
+
+        Args:
+            grids: per image, `(crops, gh, gw, d)`: the base crop first, then the high-resolution crops row-major.
+            image_sizes: per image, the original `(height, width)`.
+            newline: `(d,)` the token that closes each row.
+        """
+        config = self.model.config
+        packed = []
+        for grid, size in zip(grids, image_sizes):
+            crops, gh, gw, d = grid.shape
+            base = grid[0].reshape(gh * gw, d)
+            if crops == 1:
+                packed.append(torch.cat([base, newline[None].to(base)]))
+                continue
+            rows, cols = get_anyres_image_grid_shape(size, config.image_grid_pinpoints, config.vision_config.image_size)
+            joined = grid[1:].reshape(rows, cols, gh, gw, d).permute(4, 0, 2, 1, 3).reshape(d, rows * gh, cols * gw)
+            joined = self._shrink_joined(unpad_image(joined, size), gh)
+            with_newlines = torch.cat([joined, newline[:, None, None].to(joined).expand(d, joined.shape[1], 1)], -1)
+            packed.append(torch.cat([base, with_newlines.flatten(1, 2).T]))
+        return packed
+
+    def _shrink_joined(self, joined: torch.Tensor, crop_side: int) -> torch.Tensor:
+        """Any resize the family applies to the unpadded high-resolution grid `(d, h, w)` (none by default)."""
+        return joined
+
+    def _pvtc_grids(self, image_inputs: Mapping[str, Any]) -> list[torch.Tensor]:
+        """1-channel zero probes with each image's PVTC crop grids (what `pvtc_output` packs)."""
+        gh, gw = self.token_grid_under_pvtc(self.patch_grid)
+        return [torch.zeros(n, gh, gw, 1) for n in self._crops_per_image(image_inputs)]
+
+    def pvtc_output(self, tokens: list[torch.Tensor], features: VisionFeatures) -> ModelOutput:
+        per_image = [torch.stack(group) for group in _split_list(tokens, features.items_per_image)]
+        newline = self.base_model.image_newline
+        return BaseModelOutputWithPooling(
+            pooler_output=self._pack_grids(per_image, features.image_inputs["image_sizes"], newline)
+        )
+
+    def patch_processor_for_pvtc(self, processor: Any, ledger: PatchLedger) -> None:
+        # The count is the length of the packed probe: the packing the model runs, not a re-derived formula.
+        def replace_image_token(image_inputs: dict, image_idx: int, **kwargs) -> str:
+            sizes = image_inputs["image_sizes"]
+            probes = self._pvtc_grids(image_inputs)
+            packed = self._pack_grids([probes[image_idx]], [sizes[image_idx]], torch.ones(1))
+            return processor.image_token * len(packed[0])
+
+        ledger.set_attr(processor, "replace_image_token", replace_image_token)
+
     def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
         crops = self._crops_per_image(image_inputs)
         if pixel_values.dim() == 5:  # (images, max_crops, 3, s, s), padded: keep each image's real crops
@@ -152,16 +249,21 @@ class _AnyResAdapter(LlavaLikeAdapter):
                 "the prompt holds image placeholders but no `image_sizes` reached the model; pass the processor's "
                 "full output (pixel_values and image_sizes) to the model"
             )
-        h, w = self.patch_grid
         crops = self._crops_per_image(image_inputs)
-        # Run the model's own packing on 1-channel zeros with a newline of ones: the packed sequence shows exactly
-        # where the grid cells and the newline tokens are, with no re-implementation of unpadding or resizing.
-        probes = [torch.zeros(n, h * w, 1) for n in crops]
-        packed = self._pack(probes, image_inputs["image_sizes"], torch.ones(1))
-        return [self._template_from_probe(p[:, 0], n) for p, n in zip(packed, crops)]
+        # Pack 1-channel zeros with a newline of ones: the packed sequence shows exactly where the grid cells and the
+        # newline tokens are, with no re-derivation of unpadding or resizing. Without PVTC the packing is the
+        # model's own.
+        if self.pvtc_side is None:
+            h, w = self.patch_grid
+            probes = [torch.zeros(n, h * w, 1) for n in crops]
+            packed = self._pack(probes, image_inputs["image_sizes"], torch.ones(1))
+        else:
+            h, w = self.token_grid_under_pvtc(self.patch_grid)
+            packed = self._pack_grids(self._pvtc_grids(image_inputs), image_inputs["image_sizes"], torch.ones(1))
+        return [self._template_from_probe(p[:, 0], n, (h, w)) for p, n in zip(packed, crops)]
 
-    def _template_from_probe(self, probe: torch.Tensor, num_crops: int) -> SampleLayout:
-        h, w = self.patch_grid
+    def _template_from_probe(self, probe: torch.Tensor, num_crops: int, grid: tuple[int, int]) -> SampleLayout:
+        h, w = grid
         base = (VisualSpan(0, h * w, (h, w)),)
         rest = probe[h * w:]
         newlines = torch.nonzero(rest).flatten().tolist()
@@ -203,3 +305,12 @@ class LlavaOnevisionAdapter(_AnyResAdapter):
         return self.base_model.pack_image_features(
             features, image_sizes, image_newline=newline, vision_aspect_ratio=self.model.config.vision_aspect_ratio
         )
+
+    def _shrink_joined(self, joined: torch.Tensor, crop_side: int) -> torch.Tensor:
+        # "anyres_max_N": a joined grid larger than about N crops is resized down bilinearly, as the model does.
+        max_crops = int(self.model.config.vision_aspect_ratio.strip("anyres_max_"))
+        _, h, w = joined.shape
+        scale = math.sqrt(h * w / (max_crops * crop_side**2))
+        if scale <= 1.1:
+            return joined
+        return F.interpolate(joined[None], [int(h // scale), int(w // scale)], mode="bilinear")[0]

@@ -12,15 +12,21 @@ Seams (transformers 5.23, `models/qwen2_vl`, `qwen2_5_vl`, `qwen3_vl`):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+from transformers.utils import ModelOutput
 from transformers.vision_utils import get_vision_window_index
 
+from vtc._patch import PatchLedger
 from vtc.errors import PlaceholderMismatchError
 from vtc.layout import SampleLayout, VisualSpan
+from vtc.ops import average_token_windows
 from vtc.registry import register_adapter
 
 from .base import Adapter, VisionFeatures
@@ -102,14 +108,67 @@ class Qwen2VLAdapter(Adapter):
             out.append(blocks.permute(0, 2, 1, 3, 4).reshape(h, w, -1))
         return out
 
-    def _from_grid(self, grid: torch.Tensor) -> torch.Tensor:
-        """A row-major `(h, w, d)` grid → patch rows in merge-block order (what the merger consumes)."""
-        h, w, d = grid.shape
+    @property
+    def vision_feature_dim(self) -> int:
+        vc = self.model.config.vision_config
+        # Qwen2-VL names the tower width `embed_dim` (its `hidden_size` is the merger's output width).
+        return getattr(vc, "embed_dim", None) or vc.hidden_size
+
+    def apply_projector(self, projector: nn.Module, grid: torch.Tensor) -> torch.Tensor:
+        n, h, w, d = grid.shape
         m = self.merge_size
-        return grid.reshape(h // m, m, w // m, m, d).permute(0, 2, 1, 3, 4).reshape(h * w, d)
+        # row-major grids → patch rows in merge-block order `(n, h/m, w/m, m, m)`, which the merger consumes
+        rows = grid.reshape(n, h // m, m, w // m, m, d).permute(0, 1, 3, 2, 4, 5).reshape(-1, d)
+        return projector(rows).reshape(n, h // m, w // m, -1)
 
     def project(self, features: VisionFeatures) -> list[torch.Tensor]:
-        return [self.projector(self._from_grid(p)) for p in features.patches]
+        return [self.apply_projector(self.projector, p[None]).flatten(0, 2) for p in features.patches]
+
+    # ------------------------------------------------------------------------------------------------- PVTC
+    @property
+    def reference_token_grid(self) -> tuple[int, int]:
+        # No tiles: each image has its own grid. PVTC stores its per-position global scale on this grid (that of a
+        # 448 x 448 image at patch 14) and resizes it to each image's.
+        return (16, 16)
+
+    @property
+    def fixed_token_grid(self) -> bool:
+        return False
+
+    def _grid_thw_under_pvtc(self, grid_thw: torch.Tensor) -> torch.Tensor:
+        """`image_grid_thw` (patch units) of images whose merged grid is PVTC's token grid."""
+        m, rows = self.merge_size, []
+        for t, h, w in grid_thw.tolist():
+            gh, gw = self.token_grid_under_pvtc((h // m, w // m))
+            rows.append([t, gh * m, gw * m])
+        return torch.tensor(rows, dtype=grid_thw.dtype, device=grid_thw.device).reshape(-1, 3)
+
+    def pvtc_output(self, tokens: list[torch.Tensor], features: VisionFeatures) -> ModelOutput:
+        return BaseModelOutputWithPooling(pooler_output=tuple(t.flatten(0, 1) for t in tokens))
+
+    def patch_model_for_pvtc(self, ledger: PatchLedger) -> None:
+        # The 3-axis positions of an image span its token grid: under PVTC the pooled grid. `image_grid_thw` itself
+        # cannot change (the vision tower consumes it), so only the position index sees the pooled grid.
+        base = self.base_model
+        original = base.get_rope_index
+        signature = inspect.signature(original)
+
+        def get_rope_index(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            if bound.arguments.get("image_grid_thw") is not None:
+                bound.arguments["image_grid_thw"] = self._grid_thw_under_pvtc(bound.arguments["image_grid_thw"])
+            return original(*bound.args, **bound.kwargs)
+
+        get_rope_index.__signature__ = signature
+        get_rope_index.__doc__ = original.__doc__
+        ledger.set_attr(base, "get_rope_index", get_rope_index)
+
+    def patch_processor_for_pvtc(self, processor: Any, ledger: PatchLedger) -> None:
+        def replace_image_token(image_inputs: dict, image_idx: int, **kwargs) -> str:
+            t, h, w = self._grid_thw_under_pvtc(image_inputs["image_grid_thw"][image_idx][None])[0].tolist()
+            return processor.image_token * (t * h * w // self.merge_size**2)
+
+        ledger.set_attr(processor, "replace_image_token", replace_image_token)
 
     # ------------------------------------------------------------------------------------------------- layout
     def image_templates(self, image_inputs: Mapping[str, Any], num_placeholders: int) -> list[SampleLayout]:
@@ -121,7 +180,7 @@ class Qwen2VLAdapter(Adapter):
             )
         m, templates = self.merge_size, []
         for t, h, w in grid_thw.tolist():
-            hm, wm = h // m, w // m
+            hm, wm = self.token_grid_under_pvtc((h // m, w // m))
             templates.append(tuple(VisualSpan(i * hm * wm, hm * wm, (hm, wm)) for i in range(t)))
         return templates
 
@@ -150,6 +209,10 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         """How many leading decoder layers receive DeepStack visual features."""
         return len(self.visual.deepstack_visual_indexes)
 
+    @property
+    def visual_injection_layers(self) -> int:
+        return self.deepstack_layers
+
     def _merger_inputs(self) -> dict[str, nn.Module]:
         mergers = {"merger": self.visual.merger}
         for i, module in enumerate(self.visual.deepstack_merger_list):
@@ -157,8 +220,19 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         return mergers
 
     def project_deepstack(self, features: VisionFeatures) -> list[list[torch.Tensor]]:
-        """The DeepStack features per level and image, from `features.extra["deepstack"]`."""
+        """The DeepStack features per level and image, from `features.extra["deepstack"]`.
+
+        Under PVTC each level is reduced like the main features' local query: the level's own merger applied to the
+        window-averaged patches, so that every visual token still gets one feature per level.
+        """
+        m, side = self.merge_size, self.pvtc_side or 1
         return [
-            [merger(self._from_grid(p)) for p in level]
+            [self.apply_projector(merger, average_token_windows(p[None], (m, m), side)).flatten(0, 2) for p in level]
             for merger, level in zip(self.visual.deepstack_merger_list, features.extra["deepstack"])
         ]
+
+    def pvtc_output(self, tokens: list[torch.Tensor], features: VisionFeatures) -> ModelOutput:
+        return BaseModelOutputWithDeepstackFeatures(
+            pooler_output=tuple(t.flatten(0, 1) for t in tokens),
+            deepstack_features=[tuple(level) for level in self.project_deepstack(features)],
+        )

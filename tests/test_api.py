@@ -138,7 +138,7 @@ def test_text_only_forward_records_no_visual_tokens(llava):
 
 @pytest.mark.parametrize(
     "config",
-    [vtc.VTCConfig(pvtc=vtc.PVTCConfig()), vtc.VTCConfig(lvtc=vtc.LVTCConfig()), vtc.VTCConfig(rvtc=vtc.RVTCConfig())],
+    [vtc.VTCConfig(lvtc=vtc.LVTCConfig()), vtc.VTCConfig(rvtc=vtc.RVTCConfig())],
 )
 def test_components_not_in_this_release_are_refused_not_ignored(llava, config):
     model, processor, _ = llava

@@ -24,7 +24,20 @@ from .registry import get_adapter
 __all__ = ["compress", "get_adapter_of", "get_config", "is_compressed", "last_stats", "unpatch"]
 
 # Components whose implementation is not part of this release yet: refusing them beats silently ignoring them.
-_NOT_YET_AVAILABLE = ("pvtc", "lvtc", "rvtc")
+_NOT_YET_AVAILABLE: tuple[str, ...] = ("lvtc", "rvtc")
+
+
+def _installers(config: VTCConfig):
+    """The install function of every enabled component, in the order they must be applied.
+
+    RVTC first (it decides how many tiles an image gets), then PVTC (how many tokens each tile becomes), then LVTC
+    (what the decoder does with them). Each installer validates against the model before it changes anything and
+    records every change in `state.ledger`.
+    """
+    from . import _install_pvtc
+
+    if config.pvtc is not None:
+        yield _install_pvtc.install
 
 
 def _state(model: nn.Module) -> VTCState | None:
@@ -72,6 +85,10 @@ def compress(model: nn.Module, config: VTCConfig, processor: Any = None) -> nn.M
     state = VTCState(config=config, adapter=adapter, ledger=ledger, processor=processor)
     try:
         ledger.set_attr(model, STATE_ATTR, state)
+        for install in _installers(config):
+            install(model, state)
+        # Last: the recording wrappers and hooks then observe what the components produce (compressed counts and
+        # lengths), and the components' own hooks run first.
         install_instrumentation(model, state)
     except BaseException:
         ledger.rollback()

@@ -4,14 +4,17 @@ Axes used across the package: b batch, s sequence (full length), g groups (compr
 a rope axes. Everything here is tensor-in / tensor-out, holds no state and knows no model family.
 """
 
-from vtc.ops.groups import GroupIndex, check_layout, compressed_lengths, group_index
+from vtc.ops.groups import GroupIndex, cell_mask, check_layout, compressed_lengths, group_index
 from vtc.ops.masks import compact_mask, extend_mask
 from vtc.ops.pool import pool, unpool, unpool_bilinear
 from vtc.ops.positions import compact_positions, gather_groups
+from vtc.ops.regions import average_token_windows, partition_windows
 from vtc.ops.windows import check_ratio, pooled_grid, window_shape
 
 __all__ = [
     "GroupIndex",
+    "average_token_windows",
+    "cell_mask",
     "check_layout",
     "check_ratio",
     "compact_mask",
@@ -20,6 +23,7 @@ __all__ = [
     "extend_mask",
     "gather_groups",
     "group_index",
+    "partition_windows",
     "pool",
     "pooled_grid",
     "unpool",

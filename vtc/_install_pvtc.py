@@ -1,0 +1,108 @@
+"""Put a `PVTCProjector` into a loaded model: the model side, the position index and the processor, reversibly.
+
+The projector lives on the inner multimodal model as `vtc_pvtc`. It takes over `get_image_features`, the one seam
+through which both `forward` and `generate` obtain visual tokens (generate calls it before the prefill and never
+passes pixels to `forward`); the original projector is left untouched, so `unpatch` restores the model bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._state import VTCState
+from .config import PVTCConfig
+from .errors import ConfigError
+from .pvtc import PVTCProjector
+
+__all__ = ["build_projector", "install"]
+
+PROJECTOR_ATTR = "vtc_pvtc"
+
+
+def _global_query(config: PVTCConfig, adapter) -> str:
+    if config.global_query == "auto":
+        return "cls" if adapter.vision_has_cls else "mean"
+    if config.global_query == "cls" and not adapter.vision_has_cls:
+        raise ConfigError("pvtc.global_query", "cls", "'auto', 'mean' or 'none' for a vision tower without a CLS token",
+                          hint=f"{type(adapter.model).__name__}'s vision tower has no CLS token.")
+    return config.global_query
+
+
+def validate(config: PVTCConfig, adapter) -> None:
+    """Raise `ConfigError` if `config` cannot apply to the adapter's model (before anything is changed)."""
+    width = adapter.text_config.hidden_size
+    if width % config.num_heads:
+        divisors = [d for d in (1, 2, 4, 8, 16, 32) if width % d == 0]
+        raise ConfigError("pvtc.num_heads", config.num_heads, f"a divisor of the language width {width}",
+                          hint=f"e.g. {', '.join(map(str, divisors))}.")
+    if adapter.fixed_token_grid:
+        h, w = adapter.reference_token_grid
+        if config.ratio > h * w:
+            raise ConfigError("pvtc.ratio", config.ratio, f"at most {h * w}: the model makes {h}x{w} tokens per tile",
+                              hint="A window larger than the whole tile has nothing left to compress.")
+    _global_query(config, adapter)
+
+
+def build_projector(config: PVTCConfig, adapter) -> PVTCProjector:
+    """A `PVTCProjector` for the adapter's model, on the device and in the dtype of the model's projector."""
+    reference = next(adapter.projector.parameters())
+    native = copy.deepcopy(adapter.projector) if config.init == "warm" else None
+    projector = PVTCProjector(
+        adapter.vision_feature_dim,
+        adapter.text_config.hidden_size,
+        ratio=config.ratio,
+        token_window=adapter.projector_window,
+        num_heads=config.num_heads,
+        mlp_ratio=config.mlp_ratio,
+        drop_path=config.drop_path,
+        global_query=_global_query(config, adapter),
+        scale_grid=adapter.token_grid_under_pvtc(adapter.reference_token_grid),
+        native_projector=native,
+    )
+    return projector.to(device=reference.device, dtype=reference.dtype).train(adapter.model.training)
+
+
+def _project_items(projector: PVTCProjector, adapter, features) -> list[torch.Tensor]:
+    """PVTC tokens `(gh, gw, d_text)` for every item; items with the same grid run as one batch."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, patches in enumerate(features.patches):
+        by_shape.setdefault(tuple(patches.shape), []).append(i)
+    tokens: list[torch.Tensor | None] = [None] * len(features.patches)
+    for indices in by_shape.values():
+        patches = torch.stack([features.patches[i] for i in indices])
+        cls = None if features.cls is None else features.cls[indices]
+        for i, out in zip(indices, projector(patches, cls, adapter.apply_projector)):
+            tokens[i] = out
+    return tokens
+
+
+def install(model: nn.Module, state: VTCState) -> None:
+    """Apply `state.config.pvtc` to `model` (and `state.processor`), recording every change in `state.ledger`."""
+    config, adapter, ledger = state.config.pvtc, state.adapter, state.ledger
+    validate(config, adapter)
+    ledger.set_attr(adapter, "pvtc_side", config.window)  # first: templates and token counts follow it
+    base = adapter.base_model
+    projector = build_projector(config, adapter)
+    ledger.set_attr(base, PROJECTOR_ATTR, projector)
+
+    original = base.get_image_features
+    signature = inspect.signature(original)
+
+    def get_image_features(*args: Any, **kwargs: Any):
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        image_inputs = adapter.image_inputs_from({**bound.pop("kwargs", {}), **bound})
+        features = adapter.vision_features(image_inputs.pop("pixel_values"), **image_inputs)
+        return adapter.pvtc_output(_project_items(getattr(base, PROJECTOR_ATTR), adapter, features), features)
+
+    # `generate` routes image inputs by this signature, so it must stay the original one.
+    get_image_features.__signature__ = signature
+    get_image_features.__doc__ = original.__doc__
+    ledger.set_attr(base, "get_image_features", get_image_features)
+    adapter.patch_model_for_pvtc(ledger)
+    if state.processor is not None:
+        adapter.patch_processor_for_pvtc(state.processor, ledger)
