@@ -197,7 +197,8 @@ class _AnyResAdapter(LlavaLikeAdapter):
             if crops == 1:
                 packed.append(torch.cat([base, newline[None].to(base)]))
                 continue
-            rows, cols = get_anyres_image_grid_shape(size, config.image_grid_pinpoints, config.vision_config.image_size)
+            crop_size = config.vision_config.image_size
+            rows, cols = get_anyres_image_grid_shape(size, config.image_grid_pinpoints, crop_size)
             joined = grid[1:].reshape(rows, cols, gh, gw, d).permute(4, 0, 2, 1, 3).reshape(d, rows * gh, cols * gw)
             joined = self._shrink_joined(unpad_image(joined, size), gh)
             with_newlines = torch.cat([joined, newline[:, None, None].to(joined).expand(d, joined.shape[1], 1)], -1)
@@ -308,7 +309,7 @@ class LlavaOnevisionAdapter(_AnyResAdapter):
 
     def _shrink_joined(self, joined: torch.Tensor, crop_side: int) -> torch.Tensor:
         # "anyres_max_N": a joined grid larger than about N crops is resized down bilinearly, as the model does.
-        max_crops = int(self.model.config.vision_aspect_ratio.strip("anyres_max_"))
+        max_crops = int(self.model.config.vision_aspect_ratio.removeprefix("anyres_max_"))
         _, h, w = joined.shape
         scale = math.sqrt(h * w / (max_crops * crop_side**2))
         if scale <= 1.1:

@@ -28,8 +28,8 @@ def _global_query(config: PVTCConfig, adapter) -> str:
     if config.global_query == "auto":
         return "cls" if adapter.vision_has_cls else "mean"
     if config.global_query == "cls" and not adapter.vision_has_cls:
-        raise ConfigError("pvtc.global_query", "cls", "'auto', 'mean' or 'none' for a vision tower without a CLS token",
-                          hint=f"{type(adapter.model).__name__}'s vision tower has no CLS token.")
+        raise ConfigError("pvtc.global_query", "cls",
+                          "'auto', 'mean' or 'none' for a vision tower without a CLS token", hint=f"{type(adapter.model).__name__}'s vision tower has no CLS token.")
     return config.global_query
 
 

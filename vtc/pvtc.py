@@ -1,4 +1,4 @@
-"""PVTC: the point-to-region cross-attention projector of InternVL-X, for any vision tower and language model.
+"""PVTC: the point-to-region cross-attention projector of arXiv 2503.21307, for any vision tower and LLM.
 
 Each output token owns a window ("region") of the vision patch grid. Two queries are made for it: a local one from
 the region itself and a global one from the whole image (its CLS token, or the mean of its patches). Each query
@@ -230,7 +230,8 @@ class PVTCProjector(nn.Module):
         else:
             if apply_projector is None:
                 raise ValueError("a warm PVTCProjector needs apply_projector to run its native projector")
-            local = apply_projector(self.native_projector, average_token_windows(patches, self.token_window, self.side))
+            averaged = average_token_windows(patches, self.token_window, self.side)
+            local = apply_projector(self.native_projector, averaged)
         out = self.local_block(local.reshape(-1, c).to(dtype), regions, valid)
 
         if self.global_query != "none":
