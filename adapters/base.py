@@ -25,7 +25,7 @@ from vtc.errors import PlaceholderMismatchError, UnsupportedModelError, Unsuppor
 from vtc.layout import BatchLayout, SampleLayout, VisualSpan
 from vtc.ops import pooled_grid
 
-__all__ = ["Adapter", "PlaceholderSeam", "VisionFeatures", "shift_spans"]
+__all__ = ["Adapter", "PlaceholderSeam", "VisionFeatures", "check_placeholder_count", "shift_spans"]
 
 
 @dataclass
@@ -64,6 +64,16 @@ class PlaceholderSeam:
 def shift_spans(spans: Sequence[VisualSpan], offset: int) -> SampleLayout:
     """The spans of an image template (starting at 0) moved to start at `offset`."""
     return tuple(VisualSpan(s.start + offset, s.length, s.grid, s.newline) for s in spans)
+
+
+def check_placeholder_count(placeholders: int, visual_tokens: int) -> None:
+    """Raise `PlaceholderMismatchError` unless the prompts hold exactly as many placeholders as visual tokens."""
+    if placeholders != visual_tokens:
+        raise PlaceholderMismatchError(
+            f"the prompts hold {placeholders} image placeholders but the images produce {visual_tokens} visual "
+            "tokens. If vtc changes the token count (PVTC or RVTC), pass the model's processor to "
+            "vtc.compress(model, config, processor=processor) and process the inputs with it."
+        )
 
 
 def _template_length(spans: Sequence[VisualSpan]) -> int:
@@ -215,12 +225,7 @@ class Adapter:
         total = int(is_image.sum())
         templates = self.image_templates(image_inputs, total) if total else []
         expected = sum(sum(s.length for s in t) for t in templates)
-        if expected != total:
-            raise PlaceholderMismatchError(
-                f"the prompts hold {total} image placeholders but the images produce {expected} visual tokens. "
-                "If vtc changes the token count (PVTC or RVTC), pass the model's processor to "
-                "vtc.compress(model, config, processor=processor) and process the inputs with it."
-            )
+        check_placeholder_count(total, expected)
         layout: BatchLayout = []
         next_image = 0
         for row in is_image:

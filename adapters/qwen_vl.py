@@ -29,7 +29,7 @@ from vtc.layout import SampleLayout, VisualSpan
 from vtc.ops import average_token_windows
 from vtc.registry import register_adapter
 
-from .base import Adapter, VisionFeatures
+from .base import Adapter, VisionFeatures, check_placeholder_count
 
 __all__ = ["Qwen2VLAdapter", "Qwen2_5_VLAdapter", "Qwen3VLAdapter"]
 
@@ -155,8 +155,16 @@ class Qwen2VLAdapter(Adapter):
 
         def get_rope_index(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
-            if bound.arguments.get("image_grid_thw") is not None:
-                bound.arguments["image_grid_thw"] = self._grid_thw_under_pvtc(bound.arguments["image_grid_thw"])
+            grid_thw = bound.arguments.get("image_grid_thw")
+            if grid_thw is not None:
+                grid_thw = self._grid_thw_under_pvtc(grid_thw)
+                # generate builds positions before the first forward: this is the first place a prompt processed
+                # without the patched processor shows, and the index would fail with an opaque shape error.
+                input_ids = bound.arguments.get("input_ids")
+                if input_ids is not None:
+                    placeholders = int((input_ids == self.image_token_id).sum())
+                    check_placeholder_count(placeholders, int(grid_thw.prod(-1).sum()) // self.merge_size**2)
+                bound.arguments["image_grid_thw"] = grid_thw
             return original(*bound.args, **bound.kwargs)
 
         get_rope_index.__signature__ = signature

@@ -9,7 +9,9 @@
 from .api import compress, get_config, is_compressed, last_stats, unpatch
 from .config import LVTCConfig, PVTCConfig, RVTCConfig, VTCConfig
 from .errors import ConfigError, PlaceholderMismatchError, UnsupportedModelError, UnsupportedVersionError, VTCError
+from .pvtc import PVTCProjector
 from .registry import register_adapter, supported_models
+from .training import load_pretrained, mark_only_vtc_trainable, save_pretrained
 
 __version__ = "0.1.0"
 
@@ -17,6 +19,7 @@ __all__ = [
     "ConfigError",
     "LVTCConfig",
     "PVTCConfig",
+    "PVTCProjector",
     "PlaceholderMismatchError",
     "RVTCConfig",
     "UnsupportedModelError",
@@ -27,7 +30,10 @@ __all__ = [
     "get_config",
     "is_compressed",
     "last_stats",
+    "load_pretrained",
+    "mark_only_vtc_trainable",
     "register_adapter",
+    "save_pretrained",
     "supported_models",
     "unpatch",
 ]

@@ -1,0 +1,106 @@
+"""Training and checkpointing the compressors: only what vtc added to a model (every name holding `vtc_`).
+
+    vtc.mark_only_vtc_trainable(model)        # the backbone frozen, the compressor trainable
+    vtc.save_pretrained(model, "ckpt/")       # vtc_config.json + vtc_weights.safetensors
+    model = vtc.load_pretrained(model, "ckpt/", processor=processor)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .api import compress, get_config, unpatch
+from .config import VTCConfig
+from .errors import ConfigError
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_pretrained", "mark_only_vtc_trainable", "save_pretrained",
+           "vtc_state_dict"]
+
+CONFIG_NAME = "vtc_config.json"
+WEIGHTS_NAME = "vtc_weights.safetensors"
+_VTC_MARK = "vtc_"
+
+
+def _is_vtc(name: str) -> bool:
+    return any(part.startswith(_VTC_MARK) for part in name.split("."))
+
+
+def mark_only_vtc_trainable(model: nn.Module) -> list[str]:
+    """Freeze every parameter of `model` except those vtc added; return the names left trainable.
+
+    Raises:
+        ConfigError: the model carries no vtc parameter (nothing would train).
+    """
+    trainable = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(_is_vtc(name))
+        if parameter.requires_grad:
+            trainable.append(name)
+    if not trainable:
+        raise ConfigError("model", type(model).__name__, "a model compressed with a trainable component (e.g. PVTC)",
+                          hint="Call vtc.compress(model, config) first; with every component off nothing trains.")
+    return trainable
+
+
+def vtc_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors vtc added to `model`, by their `state_dict` name."""
+    return {name: tensor for name, tensor in model.state_dict().items() if _is_vtc(name)}
+
+
+def save_pretrained(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the compression config and the vtc tensors of a compressed model to the folder `path`.
+
+    Only vtc's tensors are written (the backbone stays where it was loaded from), as `vtc_weights.safetensors`,
+    next to `vtc_config.json`.
+
+    Returns:
+        The folder.
+    """
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    get_config(model).save(folder / CONFIG_NAME)
+    # safetensors refuses views and shared storage: store each tensor as its own contiguous copy
+    tensors = {name: tensor.detach().contiguous().clone() for name, tensor in vtc_state_dict(model).items()}
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    return folder
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike, processor: Any = None) -> nn.Module:
+    """Compress `model` with the config saved in `path` and load the saved vtc tensors into it.
+
+    Args:
+        model: the same kind of model the checkpoint was saved from, uncompressed or compressed (it is re-compressed).
+        path: a folder written by `save_pretrained`.
+        processor: the model's processor, patched as by `compress`.
+
+    Raises:
+        FileNotFoundError: `path` lacks `vtc_config.json`.
+        ConfigError: the saved tensors do not fit the model (missing, unexpected or wrongly shaped); the model is
+            left uncompressed-as-before in that case.
+    """
+    folder = Path(path)
+    config = VTCConfig.load(folder / CONFIG_NAME)
+    weights = folder / WEIGHTS_NAME
+    saved = load_file(str(weights)) if weights.exists() else {}
+    compress(model, config, processor=processor)
+    try:
+        expected = vtc_state_dict(model)
+        missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+        wrong = sorted(n for n in set(expected) & set(saved) if expected[n].shape != saved[n].shape)
+        if missing or unexpected or wrong:
+            problems = [f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                        for label, names in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+                        if names]
+            raise ConfigError("path", str(folder), "a vtc checkpoint saved from this kind of model",
+                              hint="; ".join(problems) + ".")
+        model.load_state_dict(saved, strict=False)
+    except BaseException:
+        unpatch(model)
+        raise
+    return model
