@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from vtc.cli import format_table, main
+from vtc.cli import default_grid, format_table, main
 
 
 def test_info_lists_families_versions_and_backends(capsys):
@@ -21,8 +21,10 @@ def test_ablate_writes_jsonl_and_csv_with_a_baseline_row(tmp_path, capsys):
                  "--out", str(out_dir)]) == 0
     printed = capsys.readouterr().out
     assert "baseline" in printed and "FLOPs rel" in printed
-    rows = [json.loads(line) for line in (out_dir / "ablate.jsonl").read_text().splitlines()]
-    assert [(r["family"], r["config_name"]) for r in rows] == [("llava", "baseline"), ("qwen2_vl", "baseline")]
+    all_rows = [json.loads(line) for line in (out_dir / "ablate.jsonl").read_text().splitlines()]
+    assert {r["config_name"] for r in all_rows} == set(default_grid())
+    rows = [r for r in all_rows if r["config_name"] == "baseline"]
+    assert [r["family"] for r in rows] == ["llava", "qwen2_vl"]
     llava, qwen = rows
     assert llava["visual_tokens"] == [64, 64] and llava["batch_size"] == 2
     assert qwen["visual_tokens"] == [16, 35]
@@ -34,7 +36,14 @@ def test_ablate_writes_jsonl_and_csv_with_a_baseline_row(tmp_path, capsys):
         assert row["environment"]["transformers"].startswith("5.23")
     with (out_dir / "ablate.csv").open() as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 2 and json.loads(table[0]["config"]) == {"pvtc": None, "lvtc": None, "rvtc": None}
+    assert len(table) == len(all_rows) and json.loads(table[0]["config"]) == {"pvtc": None, "lvtc": None, "rvtc": None}
+
+    pvtc = {(r["family"], r["config_name"]): r for r in all_rows if r["config_name"].startswith("pvtc")}
+    assert pvtc["llava", "pvtc-r1"]["visual_tokens"] == [64, 64] and pvtc["llava", "pvtc-r1"]["flops_rel"] == 1.0
+    assert pvtc["llava", "pvtc-r4"]["visual_tokens"] == [16, 16]
+    assert pvtc["llava", "pvtc-r16"]["visual_tokens"] == [4, 4]
+    assert pvtc["qwen2_vl", "pvtc-r4"]["visual_tokens"] == [4, 12]  # 4x4 and 5x7 token grids, ragged edges padded
+    assert pvtc["llava", "pvtc-r16"]["flops_rel"] < pvtc["llava", "pvtc-r4"]["flops_rel"] < 1.0
 
 
 def test_ablate_rejects_an_unknown_family():
@@ -63,5 +72,6 @@ def test_ablate_loads_a_local_checkpoint_without_network(tmp_path, monkeypatch):
     out_dir = tmp_path / "run"
     assert main(["ablate", "--model", str(checkpoint), "--repeats", "1", "--batch", "2", "--quiet",
                  "--image-sizes", "640x480,320x240", "--out", str(out_dir)]) == 0
-    (row,) = [json.loads(line) for line in (out_dir / "ablate.jsonl").read_text().splitlines()]
-    assert row["family"] == "llava" and row["visual_tokens"] == [64, 64]
+    rows = {r["config_name"]: r for r in map(json.loads, (out_dir / "ablate.jsonl").read_text().splitlines())}
+    assert rows["baseline"]["family"] == "llava" and rows["baseline"]["visual_tokens"] == [64, 64]
+    assert rows["pvtc-r4"]["visual_tokens"] == [16, 16]  # the loaded processor was patched too

@@ -57,7 +57,10 @@ def default_grid() -> dict[str, Any]:
     """The configurations `vtc ablate` measures by default, by row name; `baseline` is the uncompressed model."""
     import vtc
 
-    return {"baseline": vtc.VTCConfig()}
+    grid = {"baseline": vtc.VTCConfig()}
+    # PVTC, warm-started: ratio 1 is the model itself (the projector's own cost), 4 and 16 compress.
+    grid.update({f"pvtc-r{r}": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=r)) for r in (1, 4, 16)})
+    return grid
 
 
 TABLE_COLUMNS = (
