@@ -95,6 +95,12 @@ def install(model: nn.Module, state: VTCState) -> None:
 
     def get_image_features(*args: Any, **kwargs: Any):
         bound = signature.bind_partial(*args, **kwargs).arguments
+        layer = bound.get("vision_feature_layer")
+        configured = getattr(model.config, "vision_feature_layer", None)
+        if layer is not None and layer != configured:
+            # the adapter reads the vision features at the configured layer: anything else would be ignored silently
+            raise ConfigError("vision_feature_layer", layer, f"the model config's value {configured!r} under PVTC",
+                              hint="Set model.config.vision_feature_layer before vtc.compress instead.")
         image_inputs = adapter.image_inputs_from({**bound.pop("kwargs", {}), **bound})
         features = adapter.vision_features(image_inputs.pop("pixel_values"), **image_inputs)
         return adapter.pvtc_output(_project_items(getattr(base, PROJECTOR_ATTR), adapter, features), features)

@@ -170,3 +170,14 @@ def test_processor_not_passed_while_the_count_changes_is_a_clear_error(family):
         model(**inputs)
     with pytest.raises(vtc.PlaceholderMismatchError, match="processor="):
         model.generate(**inputs, max_new_tokens=2)
+
+
+def test_a_vision_layer_other_than_the_configured_one_is_refused_not_ignored():
+    model = build_tiny_model("llava")  # configured layer: -2
+    processor = build_tiny_processor("llava")
+    vtc.compress(model, vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4)), processor=processor)
+    inputs = tiny_batch("llava", processor)
+    with pytest.raises(vtc.ConfigError, match="vision_feature_layer"):
+        model(**inputs, vision_feature_layer=-1)
+    with torch.no_grad():
+        model(**inputs, vision_feature_layer=-2)
