@@ -36,14 +36,19 @@ def placeholder_runs(input_ids, image_token):
     return runs
 
 
+def uncompressed(family, attn="sdpa"):
+    """A tiny model, its processor, a batch of 2 and the model's logits on it before any compression."""
+    model = build_tiny_model(family, attn)
+    processor = build_tiny_processor(family)
+    inputs = tiny_batch(family, processor, batch=2)
+    with torch.no_grad():
+        return model, processor, inputs, model(**inputs).logits
+
+
 @pytest.mark.parametrize("attn", ATTENTION)
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_counts_agree_generate_works_and_unpatch_restores(family, attn):
-    model = build_tiny_model(family, attn)
-    processor = build_tiny_processor(family)
-    reference_inputs = tiny_batch(family, processor, batch=2)
-    with torch.no_grad():
-        reference = model(**reference_inputs).logits
+    model, processor, reference_inputs, reference = uncompressed(family, attn)
     native_counts = {batch: features_per_image(model, tiny_batch(family, processor, batch=batch)) for batch in (1, 2)}
 
     vtc.compress(model, vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4)), processor=processor)
@@ -71,11 +76,7 @@ def test_counts_agree_generate_works_and_unpatch_restores(family, attn):
 @pytest.mark.parametrize("attn", ATTENTION)
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_warm_ratio_1_reproduces_the_unpatched_model(family, attn):
-    model = build_tiny_model(family, attn)
-    processor = build_tiny_processor(family)
-    inputs = tiny_batch(family, processor, batch=2)
-    with torch.no_grad():
-        reference = model(**inputs).logits
+    model, processor, inputs, reference = uncompressed(family, attn)
     reference_generation = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
 
     vtc.compress(model, vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=1, init="warm")), processor=processor)
@@ -147,17 +148,13 @@ def test_non_square_ratio_is_a_config_error():
     ],
 )
 def test_invalid_for_the_model_is_refused_and_the_model_is_untouched(family, config, message):
-    model = build_tiny_model(family)
-    processor = build_tiny_processor(family)
-    inputs = tiny_batch(family, processor)
-    with torch.no_grad():
-        reference = model(**inputs).logits
+    model, processor, inputs, reference = uncompressed(family)
     with pytest.raises(vtc.ConfigError, match=message):
         vtc.compress(model, vtc.VTCConfig(pvtc=config), processor=processor)
     assert not vtc.is_compressed(model)
     assert all("vtc_" not in name for name, _ in model.named_parameters())
     with torch.no_grad():
-        assert torch.equal(model(**tiny_batch(family, processor)).logits, reference)
+        assert torch.equal(model(**tiny_batch(family, processor, batch=2)).logits, reference)
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
