@@ -178,3 +178,23 @@ def test_a_vision_layer_other_than_the_configured_one_is_refused_not_ignored():
         model(**inputs, vision_feature_layer=-1)
     with torch.no_grad():
         model(**inputs, vision_feature_layer=-2)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_several_images_in_one_prompt(family):
+    from vtc.adapters._tiny import image_placeholder, tiny_images
+
+    model, processor = build_tiny_model(family), build_tiny_processor(family)
+    vtc.compress(model, vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4)), processor=processor)
+    first, second, third = tiny_images([(64, 40), (32, 48), (40, 40)])
+    image = image_placeholder(family)
+    inputs = processor(images=[[first, second], [third]], text=[f"w1 {image} w2 {image} w3", f"w4 {image} w5"],
+                       return_tensors="pt", padding=True)
+    placeholders = (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist()
+    assert sum(features_per_image(model, inputs)) == sum(placeholders)
+    model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    stats = vtc.last_stats(model)
+    assert stats["visual_tokens"] == placeholders
+    for row, spans in zip(inputs["input_ids"], stats["visual_layout"]):  # the layout covers every placeholder
+        covered = sorted(p for span in spans for p in span.positions())
+        assert covered == torch.nonzero(row == model.config.image_token_id).flatten().tolist()
