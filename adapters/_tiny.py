@@ -25,6 +25,7 @@ from transformers import BatchFeature, PreTrainedModel, PreTrainedTokenizerFast,
 __all__ = [
     "IMAGE_TOKEN_IDS",
     "TINY_FAMILIES",
+    "ablation_image_sizes",
     "build_tiny_model",
     "build_tiny_processor",
     "default_image_sizes",
@@ -440,6 +441,26 @@ def default_image_sizes(model_type: str, batch: int = 1) -> list[tuple[int, int]
     _check_family(model_type)
     defaults = _DEFAULT_SIZES[model_type]
     return [defaults[i % len(defaults)] for i in range(batch)]
+
+
+# Sizes that the tiny families tile differently, after the two defaults: what `vtc ablate` feeds, one per sample, so
+# that resolution-dependent compression (RVTC) shows in the per-image token counts.
+_MORE_ABLATION_SIZES: dict[str, tuple[tuple[int, int], ...]] = {
+    "internvl": ((57, 43), (40, 12)),  # 2x2 tiles + thumbnail | 3x1 + thumbnail; fewer under the edge and area rules
+    "llava": (),
+    "llava_next": ((24, 20),),  # pinpoint 32x64: 2 crops + base; 1 crop under the edge rule
+    "llava_onevision": ((24, 20),),
+    "qwen2_vl": ((96, 72),),  # shrunk to the processor's 64x64-pixel maximum
+    "qwen2_5_vl": ((96, 72),),
+    "qwen3_vl": ((96, 72),),
+}
+
+
+def ablation_image_sizes(model_type: str) -> list[tuple[int, int]]:
+    """The ``(width, height)`` images of the tiny ``vtc ablate`` default: the two defaults of :func:`tiny_batch`, then
+    sizes that the family tiles differently."""
+    _check_family(model_type)
+    return [*_DEFAULT_SIZES[model_type], *_MORE_ABLATION_SIZES[model_type]]
 
 
 _DEFAULT_PROMPTS = ("w3 w7 {image} describe the image .", "what is in this picture ? w11 w12 w13 {image} w5 w8 w9 .")

@@ -318,3 +318,12 @@ class Adapter:
         from ._tiny import build_tiny_model, build_tiny_processor
 
         return build_tiny_model(model_type, attn_implementation), build_tiny_processor(model_type)
+
+    # ------------------------------------------------------------------------------------------------- RVTC
+    def rvtc_install(self, state: Any) -> None:
+        """Make `state.processor` (and the model, where it recomputes an image's tiling from its size) give every
+        image the tiles `vtc.rvtc.plan_tiles` plans for it, recording every change in `state.ledger`.
+
+        Every family with `dynamic_resolution` implements it; `vtc.rvtc.install` refuses the others.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has dynamic_resolution but does not implement rvtc_install")

@@ -19,9 +19,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from vtc._patch import PatchLedger
-from vtc.errors import PlaceholderMismatchError
+from vtc.config import RVTCConfig
+from vtc.errors import PlaceholderMismatchError, UnsupportedModelError
 from vtc.layout import SampleLayout, VisualSpan
 from vtc.registry import register_adapter
+from vtc.rvtc import TilePlan, check_budget, plan_tiles, tile_token_grid
 
 from .base import Adapter, PlaceholderSeam, VisionFeatures
 
@@ -113,3 +115,52 @@ class InternVLAdapter(Adapter):
 
     def placeholder_seam(self, processor: Any) -> PlaceholderSeam:
         return PlaceholderSeam(processor, "image_seq_length", "value")
+
+    # ------------------------------------------------------------------------------------------------- RVTC
+    def rvtc_tile_size(self, config: RVTCConfig) -> int:
+        """The tile side of the RVTC rule: `config.tile_size`, or the side of the vision tower's input tile."""
+        return config.tile_size or self.model.config.vision_config.image_size[0]
+
+    def rvtc_install(self, state: Any) -> None:
+        """Cut every image into exactly its planned grid, plus the thumbnail when planned.
+
+        Only the image processor changes. Its per-image crop is asked for exactly the planned number of tiles, and
+        GotOcr2's aspect-ratio match among the grids of that count returns the planned grid: the closest match over
+        all allowed counts is also the closest of its own count, and within one count GotOcr2 orders and breaks ties
+        as the rule does (with the tile side of the crop, so only a `tile_size` other than the model's tile could
+        turn an exact tie between two grids of one count the other way). The model needs no change: every tile is
+        an independent item, and the processor writes `image_seq_length` placeholders for each tile it produced.
+        """
+        config, ledger = state.config.rvtc, state.ledger
+        image_processor = state.processor.image_processor
+        for name in ("crop_image_to_patches", "get_number_of_image_patches"):
+            if not callable(getattr(image_processor, name, None)):
+                raise UnsupportedModelError(
+                    f"RVTC needs the GotOcr2 tiling image processor of InternVL (with `{name}`), got "
+                    f"{type(image_processor).__name__}"
+                )
+        tile_size = self.rvtc_tile_size(config)
+        h, w = tile_token_grid(self.token_grid, state.config.pvtc)
+        check_budget(config, tile_size, h * w)
+
+        def plan(height: int, width: int) -> TilePlan:
+            return plan_tiles(int(width), int(height), config, tile_size, h * w)
+
+        crop = image_processor.crop_image_to_patches
+
+        # Both image-processor backends pass channels-first images: the size is `shape[-2:]`.
+        def crop_image_to_patches(images, min_patches, max_patches, use_thumbnail=True, patch_size=None,
+                                  resample=None):
+            tiles = plan(*images.shape[-2:])
+            return crop(images, tiles.tiles, tiles.tiles, use_thumbnail=tiles.thumbnail, patch_size=patch_size,
+                        resample=resample)
+
+        def get_number_of_image_patches(height: int, width: int, images_kwargs: dict | None = None) -> int:
+            return plan(height, width).items
+
+        ledger.set_attr(image_processor, "crop_image_to_patches", crop_image_to_patches)
+        ledger.set_attr(image_processor, "get_number_of_image_patches", get_number_of_image_patches)
+        # The crop only runs with tiling on; the bounds are RVTC's, so the processor's own attributes tell the truth.
+        ledger.set_attr(image_processor, "crop_to_patches", True)
+        ledger.set_attr(image_processor, "min_patches", config.min_tiles)
+        ledger.set_attr(image_processor, "max_patches", config.max_tiles)

@@ -11,8 +11,11 @@ Seams (transformers 5.23, `models/llava*/modeling_llava*.py`):
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -27,10 +30,12 @@ from transformers.models.llava_next.modeling_llava_next import (
 from transformers.utils import ModelOutput
 
 from vtc._patch import PatchLedger
-from vtc.errors import PlaceholderMismatchError
+from vtc.errors import PlaceholderMismatchError, UnsupportedModelError
 from vtc.layout import SampleLayout, VisualSpan
 from vtc.registry import register_adapter
+from vtc.rvtc import check_budget, plan_tiles, tile_token_grid
 
+from ._per_image import concatenate_outputs, consecutive_runs, swapped_attribute
 from .base import Adapter, PlaceholderSeam, VisionFeatures
 
 __all__ = ["LlavaAdapter", "LlavaNextAdapter", "LlavaOnevisionAdapter"]
@@ -163,7 +168,7 @@ class _AnyResAdapter(LlavaLikeAdapter):
     def _crops_per_image(self, image_inputs: Mapping[str, Any]) -> list[int]:
         config = self.model.config
         return [
-            image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
+            image_size_to_num_patches(size, self.grid_pinpoints_for(size), config.vision_config.image_size)
             for size in image_inputs["image_sizes"]
         ]
 
@@ -198,7 +203,7 @@ class _AnyResAdapter(LlavaLikeAdapter):
                 packed.append(torch.cat([base, newline[None].to(base)]))
                 continue
             crop_size = config.vision_config.image_size
-            rows, cols = get_anyres_image_grid_shape(size, config.image_grid_pinpoints, crop_size)
+            rows, cols = get_anyres_image_grid_shape(size, self.grid_pinpoints_for(size), crop_size)
             joined = grid[1:].reshape(rows, cols, gh, gw, d).permute(4, 0, 2, 1, 3).reshape(d, rows * gh, cols * gw)
             joined = self._shrink_joined(unpad_image(joined, size), gh)
             with_newlines = torch.cat([joined, newline[:, None, None].to(joined).expand(d, joined.shape[1], 1)], -1)
@@ -276,6 +281,148 @@ class _AnyResAdapter(LlavaLikeAdapter):
 
     def placeholder_seam(self, processor: Any) -> PlaceholderSeam:
         return PlaceholderSeam(processor, "_get_number_of_features", "method")
+
+    # ------------------------------------------------------------------------------------------------- RVTC
+    #: Per image `(height, width)`, the pinpoints RVTC allows it, or `None` when RVTC is off; set through the ledger.
+    rvtc_pinpoints: Callable[[int, int], list[list[int]]] | None = None
+
+    def grid_pinpoints_for(self, image_size) -> list[list[int]]:
+        """The resolutions `[height, width]` an image of `image_size` `(height, width)` may be tiled to: the config's
+        `image_grid_pinpoints`, or under RVTC that image's own candidates."""
+        if self.rvtc_pinpoints is None:
+            return self.model.config.image_grid_pinpoints
+        height, width = (int(v) for v in image_size)
+        return self.rvtc_pinpoints(height, width)
+
+    def rvtc_install(self, state: Any) -> None:
+        """Restrict, per image, the pinpoints the image may be tiled to, in the processor and in the model alike.
+
+        An image of size `(H, W)` may use the model's own pinpoints with between `min_tiles` and `plan.tiles`
+        high-resolution crops, where `plan = plan_tiles(W, H, ...)`; the family's own `select_best_resolution` then
+        chooses among them, as it does natively. When none of its pinpoints is that small, the image gets exactly
+        the planned grid. The candidates are a function of the image size, the crop size and the config alone, so
+        the image processor (cropping), the processor (placeholder count) and the model (which recomputes the crops
+        from `image_sizes`) derive the same ones. The base crop is the thumbnail: always present, counted in a
+        budget. No image gets more crops than the unpatched model gives it, unless that is fewer than `min_tiles`.
+        """
+        config, ledger, processor = state.config.rvtc, state.ledger, state.processor
+        crop = self.model.config.vision_config.image_size
+        tile_size = config.tile_size or crop
+        gh, gw = tile_token_grid(self.patch_grid, state.config.pvtc)
+        # An upper bound of one crop's tokens: its cells (unpadding only removes some) and a newline per row.
+        tokens_per_crop = gh * gw + gh + int(self.keeps_cls_token)
+        check_budget(config, tile_size, tokens_per_crop, thumbnail="always")
+        native = [list(p) for p in self.model.config.image_grid_pinpoints]
+
+        # Asked for every image several times per forward (crops, packing, layout): cached by size, never mutated.
+        @functools.lru_cache(maxsize=1024)
+        def pinpoints(height: int, width: int) -> list[list[int]]:
+            plan = plan_tiles(width, height, config, tile_size, tokens_per_crop, thumbnail="always")
+            allowed = [p for p in native if config.min_tiles <= -(-p[0] // crop) * -(-p[1] // crop) <= plan.tiles]
+            return allowed or [[plan.rows * crop, plan.cols * crop]]
+
+        image_patches = self._rvtc_image_patches_seam(processor.image_processor)
+        ledger.set_attr(self, "rvtc_pinpoints", pinpoints)
+        self._rvtc_patch_image_processor(processor.image_processor, image_patches, ledger)
+        self._rvtc_patch_processor(processor, ledger)
+        self._rvtc_patch_model(ledger)
+
+    @staticmethod
+    def _rvtc_image_patches_seam(image_processor: Any) -> str:
+        # The per-image tiling step: `get_image_patches` in the PIL backend, `_get_image_patches` with torchvision.
+        for name in ("get_image_patches", "_get_image_patches"):
+            if callable(getattr(image_processor, name, None)):
+                return name
+        raise UnsupportedModelError(
+            f"RVTC needs an any-resolution image processor with a per-image `get_image_patches`, got "
+            f"{type(image_processor).__name__}"
+        )
+
+    def _rvtc_patch_image_processor(self, image_processor: Any, name: str, ledger: PatchLedger) -> None:
+        image_patches = getattr(image_processor, name)
+
+        # Images are channels-first in both backends: the size is `shape[-2:]`.
+        def image_patches_for_rvtc(image, grid_pinpoints, *args, **kwargs):
+            return image_patches(image, self.grid_pinpoints_for(image.shape[-2:]), *args, **kwargs)
+
+        ledger.set_attr(image_processor, name, image_patches_for_rvtc)
+
+    def _rvtc_patch_processor(self, processor: Any, ledger: PatchLedger) -> None:
+        count = processor._get_number_of_features
+
+        def _get_number_of_features(orig_height: int, orig_width: int, height: int, width: int) -> int:
+            candidates = self.grid_pinpoints_for((orig_height, orig_width))
+            with swapped_attribute(processor.image_processor, "image_grid_pinpoints", candidates):
+                return count(orig_height, orig_width, height, width)
+
+        ledger.set_attr(processor, "_get_number_of_features", _get_number_of_features)
+
+    def _rvtc_patch_model(self, ledger: PatchLedger) -> None:
+        """Give `pack_image_features` and `get_image_features` each image's candidates in `config`, run by run."""
+        base, config = self.base_model, self.model.config
+
+        def image_pinpoints(candidates):
+            if candidates is None:  # images that are not tiled (several images in one OneVision sample)
+                return nullcontext()
+            return swapped_attribute(config, "image_grid_pinpoints", [list(p) for p in candidates])
+
+        pack = base.pack_image_features
+
+        def pack_image_features(image_features, image_sizes, *args, **kwargs):
+            packed, lengths = [], []
+            for i in range(len(image_features)):
+                with image_pinpoints(self.grid_pinpoints_for(image_sizes[i])):
+                    features, feature_lens = pack(image_features[i:i + 1], image_sizes[i:i + 1], *args, **kwargs)
+                packed.extend(features)
+                lengths.append(feature_lens)
+            return packed, torch.cat(lengths)
+
+        get_features = base.get_image_features
+        signature = inspect.signature(get_features)
+        extra = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+
+        def get_image_features(*args, **kwargs):
+            arguments = dict(signature.bind(*args, **kwargs).arguments)
+            extra_kwargs = arguments.pop(extra, {}) if extra else {}
+            outputs = []
+            # by keyword: the model's own decorators re-bind the call against their own view of the signature
+            for candidates, run_arguments in self._rvtc_runs(arguments):
+                with image_pinpoints(candidates):
+                    outputs.append(get_features(**{**arguments, **run_arguments}, **extra_kwargs))
+            return outputs[0] if len(outputs) == 1 else concatenate_outputs(outputs)
+
+        # `generate` routes image inputs by this signature, so it must stay the original one.
+        get_image_features.__signature__ = signature
+        get_image_features.__doc__ = get_features.__doc__
+        ledger.set_attr(base, "pack_image_features", pack_image_features)
+        ledger.set_attr(base, "get_image_features", get_image_features)
+
+    def _rvtc_runs(self, arguments: Mapping[str, Any]) -> list[tuple[Any, dict[str, Any]]]:
+        """Split a `get_image_features` call into runs of consecutive samples whose images share their candidates:
+        `(candidates, the arguments of the run)`; one run keeps the arguments as they are."""
+        sizes, pixel_values = arguments["image_sizes"], arguments["pixel_values"]
+        batch_num_images = arguments.get("batch_num_images")
+        per_sample = [1] * len(sizes) if batch_num_images is None else [int(n) for n in batch_num_images]
+        first_image = [0, *torch.tensor(per_sample).cumsum(0).tolist()]
+        # Only a sample with one image is tiled (OneVision); the others have no preference.
+        keys = [
+            tuple(map(tuple, self.grid_pinpoints_for(sizes[first_image[s]]))) if n == 1 else None
+            for s, n in enumerate(per_sample)
+        ]
+        runs = consecutive_runs(keys)
+        if len(runs) == 1:
+            return [(runs[0][0], {})]
+        inputs = {"image_sizes": sizes, **({} if batch_num_images is None else {"batch_num_images": batch_num_images})}
+        first_crop = [0, *torch.tensor(self._crops_per_image(inputs)).cumsum(0).tolist()]
+        split = []
+        for candidates, start, stop in runs:
+            images = slice(first_image[start], first_image[stop])
+            crops = images if pixel_values.dim() == 5 else slice(first_crop[images.start], first_crop[images.stop])
+            run = {"pixel_values": pixel_values[crops], "image_sizes": sizes[images]}
+            if batch_num_images is not None:
+                run["batch_num_images"] = batch_num_images[start:stop]
+            split.append((candidates, run))
+        return split
 
 
 @register_adapter("llava_next")

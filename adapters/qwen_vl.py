@@ -18,16 +18,20 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.image_utils import SizeDict
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.utils import ModelOutput
 from transformers.vision_utils import get_vision_window_index
 
 from vtc._patch import PatchLedger
-from vtc.errors import PlaceholderMismatchError
+from vtc.config import RVTCConfig
+from vtc.errors import ConfigError, PlaceholderMismatchError, UnsupportedModelError
 from vtc.layout import SampleLayout, VisualSpan
-from vtc.ops import average_token_windows
+from vtc.ops import average_token_windows, pooled_grid
 from vtc.registry import register_adapter
+from vtc.rvtc import check_budget, plan_tiles, tile_token_grid
 
 from .base import Adapter, VisionFeatures, check_placeholder_count
 
@@ -191,6 +195,94 @@ class Qwen2VLAdapter(Adapter):
             hm, wm = self.token_grid_under_pvtc((h // m, w // m))
             templates.append(tuple(VisualSpan(i * hm * wm, hm * wm, (hm, wm)) for i in range(t)))
         return templates
+
+    # ------------------------------------------------------------------------------------------------- RVTC
+    #: Language tokens per side of the default RVTC tile: 16 x 16 tokens, the tile of InternVL (448 px at patch 14
+    #: and merge 2, as in Qwen2/2.5-VL; 512 px at patch 16 in Qwen3-VL).
+    RVTC_TILE_TOKENS_PER_SIDE = 16
+
+    @property
+    def rvtc_factor(self) -> int:
+        """Pixels per language token along each side: `patch_size * merge_size` (what `smart_resize` rounds to)."""
+        return self.model.config.vision_config.patch_size * self.merge_size
+
+    def rvtc_tile_size(self, config: RVTCConfig) -> int:
+        """The tile side of the RVTC rule: `config.tile_size`, or `16 * patch_size * merge_size`."""
+        return config.tile_size or self.RVTC_TILE_TOKENS_PER_SIDE * self.rvtc_factor
+
+    def rvtc_install(self, state: Any) -> None:
+        """Give every image a pixel budget of its planned tiles, so that `smart_resize` lands within them.
+
+        There are no tiles: an image is resized, keeping its aspect ratio, to a multiple of `patch * merge` pixels
+        per side with an area in `[min_pixels, max_pixels]`. Per image, RVTC lowers `max_pixels` to
+        `plan.tiles * tile_size^2` (never above the processor's own) and `min_pixels` to at most that. The image
+        then never gets more tokens than it would unpatched, nor more than `plan.tiles * (tile_size / (patch *
+        merge))^2`, unless an extreme aspect ratio forces the short side up to one merge block. With
+        `mode="budget"` the budget itself is checked on the exact resized grid (after any PVTC pooling) and
+        `max_pixels` lowered until it fits. There is no thumbnail (`use_thumbnail` does not apply). The model
+        needs no change: both sides read the resized grid from `image_grid_thw`.
+        """
+        config, ledger = state.config.rvtc, state.ledger
+        image_processor = state.processor.image_processor
+        if not (callable(getattr(image_processor, "resize", None))
+                and callable(getattr(image_processor, "get_number_of_image_patches", None))):
+            raise UnsupportedModelError(
+                "RVTC needs the Qwen-VL image processor (`smart_resize` per image), got "
+                f"{type(image_processor).__name__}"
+            )
+        factor, tile_size = self.rvtc_factor, self.rvtc_tile_size(config)
+        if tile_size % factor:
+            lower, upper = tile_size // factor * factor or factor, (tile_size // factor + 1) * factor
+            raise ConfigError("rvtc.tile_size", tile_size, f"a multiple of {factor} pixels (patch x merge) for this "
+                              "model", hint=f"e.g. {lower} or {upper}.")
+        gh, gw = tile_token_grid((tile_size // factor,) * 2, state.config.pvtc)
+        check_budget(config, tile_size, gh * gw, thumbnail="never")
+        window = 1 if state.config.pvtc is None else state.config.pvtc.window
+
+        def visual_tokens(height: int, width: int, min_pixels: int, max_pixels: int) -> int:
+            resized = smart_resize(height, width, factor, min_pixels=min_pixels, max_pixels=max_pixels)
+            th, tw = pooled_grid((resized[0] // factor, resized[1] // factor), (window, window))
+            return th * tw
+
+        def pixel_budget(height: int, width: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+            plan = plan_tiles(int(width), int(height), config, tile_size, gh * gw, thumbnail="never")
+            max_pixels = min(max_pixels, plan.tiles * tile_size * tile_size)
+            while config.mode == "budget":
+                tokens = visual_tokens(height, width, min(min_pixels, max_pixels), max_pixels)
+                if tokens <= config.max_visual_tokens:
+                    break
+                if max_pixels <= factor * factor:
+                    raise ConfigError("rvtc.max_visual_tokens", config.max_visual_tokens,
+                                      f">= {tokens} for a {width}x{height} image on this model",
+                                      hint="Its aspect ratio needs that many tokens even at the smallest size.")
+                max_pixels = min(max_pixels - 1, max(factor * factor, max_pixels * config.max_visual_tokens // tokens))
+            return min(min_pixels, max_pixels), max_pixels
+
+        resize = image_processor.resize
+        signature = inspect.signature(resize)
+        image_name = next(iter(signature.parameters))  # `image` (PIL backend) or `images` (torchvision backend)
+
+        def resize_within_plan(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            size = bound.arguments["size"]
+            if getattr(size, "shortest_edge", None) and getattr(size, "longest_edge", None):
+                height, width = bound.arguments[image_name].shape[-2:]  # channels-first in both backends
+                min_pixels, max_pixels = pixel_budget(height, width, size.shortest_edge, size.longest_edge)
+                bound.arguments["size"] = SizeDict(shortest_edge=min_pixels, longest_edge=max_pixels)
+            return resize(*bound.args, **bound.kwargs)
+
+        count = image_processor.get_number_of_image_patches
+
+        def get_number_of_image_patches(height: int, width: int, images_kwargs: dict | None = None) -> int:
+            images_kwargs = dict(images_kwargs or {})
+            min_pixels = images_kwargs.get("min_pixels", image_processor.size["shortest_edge"])
+            max_pixels = images_kwargs.get("max_pixels", image_processor.size["longest_edge"])
+            min_pixels, max_pixels = pixel_budget(height, width, min_pixels, max_pixels)
+            return count(height, width, {**images_kwargs, "min_pixels": min_pixels, "max_pixels": max_pixels})
+
+        resize_within_plan.__signature__ = signature
+        ledger.set_attr(image_processor, "resize", resize_within_plan)
+        ledger.set_attr(image_processor, "get_number_of_image_patches", get_number_of_image_patches)
 
 
 @register_adapter("qwen2_5_vl")

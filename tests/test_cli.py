@@ -45,6 +45,14 @@ def test_ablate_writes_jsonl_and_csv_with_a_baseline_row(tmp_path, capsys):
     assert pvtc["qwen2_vl", "pvtc-r4"]["visual_tokens"] == [4, 12]  # 4x4 and 5x7 token grids, ragged edges padded
     assert pvtc["llava", "pvtc-r16"]["flops_rel"] < pvtc["llava", "pvtc-r4"]["flops_rel"] < 1.0
 
+    lvtc = {(r["family"], r["config_name"]): r for r in all_rows if r["config_name"].startswith("lvtc")}
+    assert len(lvtc) == 2 * 6  # ratios 4 and 16 x restore delta, add, upsample, for each family
+    for (family, name), row in lvtc.items():
+        full, short, _, last = row["layer_seq_lens"]  # layers 1 and 2 (K=1 .. L-1=2) run compressed
+        assert full == last > short == row["layer_seq_lens"][2], (family, name)
+        assert row["flops_rel"] < 1.0 and row["visual_tokens"] == rows[0 if family == "llava" else 1]["visual_tokens"]
+    assert lvtc["llava", "lvtc-r16-delta"]["flops_rel"] < lvtc["llava", "lvtc-r4-delta"]["flops_rel"]
+
 
 def test_ablate_rejects_an_unknown_family():
     import vtc
@@ -75,3 +83,26 @@ def test_ablate_loads_a_local_checkpoint_without_network(tmp_path, monkeypatch):
     rows = {r["config_name"]: r for r in map(json.loads, (out_dir / "ablate.jsonl").read_text().splitlines())}
     assert rows["baseline"]["family"] == "llava" and rows["baseline"]["visual_tokens"] == [64, 64]
     assert rows["pvtc-r4"]["visual_tokens"] == [16, 16]  # the loaded processor was patched too
+
+
+def test_ablate_rvtc_rows_report_tokens_per_image_and_skip_fixed_resolution_families(tmp_path, capsys, monkeypatch):
+    grid = {name: config for name, config in default_grid().items() if name in ("baseline", "rvtc-edge", "rvtc-area")}
+    assert len(grid) == 3
+    monkeypatch.setattr("vtc.cli.default_grid", lambda: grid)  # only the rows under test, to keep it quick
+    out_dir = tmp_path / "run"
+    assert main(["ablate", "--families", "llava,internvl", "--repeats", "1", "--warmup", "0", "--quiet",
+                 "--out", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    lines = (out_dir / "ablate.jsonl").read_text().splitlines()
+    rows = {(r["family"], r["config_name"]): r for r in map(json.loads, lines)}
+    # by default one sample per image size: 1 tile | 2x1 | 2x2 | 3x1, each with a thumbnail past one tile
+    assert rows["internvl", "baseline"]["visual_tokens"] == [16, 48, 80, 64]
+    assert rows["internvl", "rvtc-edge"]["visual_tokens"] == [16, 48, 80, 48]
+    assert rows["internvl", "rvtc-area"]["visual_tokens"] == [16, 48, 16, 16]
+    assert rows["internvl", "rvtc-area"]["latency_ms"] > 0 and rows["internvl", "rvtc-area"]["skipped"] is None
+    for mode in ("edge", "area"):
+        row = rows["llava", f"rvtc-{mode}"]
+        assert "one fixed input resolution" in row["skipped"]
+        assert row["visual_tokens"] is None and row["latency_ms"] is None and row["flops_rel"] is None
+        assert f"skipped llava rvtc-{mode}: " in printed
+    assert rows["llava", "baseline"]["skipped"] is None and rows["llava", "baseline"]["visual_tokens"] == [64, 64]

@@ -6,6 +6,7 @@
     vtc.unpatch(model)
 """
 
+from . import rvtc
 from .api import compress, get_config, is_compressed, last_stats, unpatch
 from .config import LVTCConfig, PVTCConfig, RVTCConfig, VTCConfig
 from .errors import ConfigError, PlaceholderMismatchError, UnsupportedModelError, UnsupportedVersionError, VTCError
@@ -33,6 +34,7 @@ __all__ = [
     "load_pretrained",
     "mark_only_vtc_trainable",
     "register_adapter",
+    "rvtc",
     "save_pretrained",
     "supported_models",
     "unpatch",

@@ -13,6 +13,7 @@ import torch
 
 from ._patch import PatchLedger
 from .config import VTCConfig
+from .errors import PlaceholderMismatchError
 from .layout import BatchLayout
 
 __all__ = ["STATE_ATTR", "VTCState", "install_instrumentation"]
@@ -44,6 +45,8 @@ class VTCState:
     pending_image_inputs: dict[str, Any] | None = None
     in_forward: bool = False
     recording: ForwardRecord | None = None
+    # LVTC's per-generation context (`vtc.lvtc.LVTCContext`); every prefill replaces it
+    lvtc: Any = None
 
     def stats(self) -> dict[str, Any]:
         if self.last is None:
@@ -60,6 +63,41 @@ class VTCState:
 
 def _cache_is_empty(cache: Any) -> bool:
     return cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0
+
+
+def _placeholder_ids(adapter: Any, inputs_embeds: torch.Tensor) -> torch.Tensor:
+    """Stand-in `input_ids` for an `inputs_embeds`-only forward: the image token id where the embedding is the image
+    token's embedding (how the model's own `get_placeholder_mask` finds placeholders then), -1 elsewhere."""
+    token = torch.tensor(adapter.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+    with torch.no_grad():
+        image_embedding = adapter.base_model.get_input_embeddings()(token).to(inputs_embeds.dtype)
+    is_image = (inputs_embeds == image_embedding).all(-1)
+    return torch.where(is_image, token, torch.full_like(token, -1))
+
+
+def _visual_layout(adapter: Any, input_ids: torch.Tensor, image_inputs: dict[str, Any]) -> BatchLayout:
+    """The adapter's layout, also for a batch that `generate` expanded after computing the image features.
+
+    Beam search and `num_return_sequences` repeat every row `k` times (`repeat_interleave`) but the image inputs
+    still describe the original rows: lay out every `k`-th row and repeat. The copies may differ in the tokens they
+    generated (each step is a new prefill when use_cache=False), never in their placeholders. A real mismatch still
+    raises.
+    """
+    try:
+        return adapter.visual_layout(input_ids, image_inputs)
+    except PlaceholderMismatchError:
+        batch = input_ids.shape[0]
+        is_image = input_ids == adapter.image_token_id
+        for copies in (k for k in range(batch, 1, -1) if batch % k == 0):
+            groups = is_image.reshape(batch // copies, copies, -1)
+            if not bool((groups == groups[:, :1]).all()):
+                continue
+            try:
+                layout = adapter.visual_layout(input_ids[::copies], image_inputs)
+            except PlaceholderMismatchError:
+                continue
+            return [sample for sample in layout for _ in range(copies)]
+        raise
 
 
 def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
@@ -91,7 +129,10 @@ def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
         bound = forward_signature.bind_partial(*args, **kwargs).arguments
         bound = {**bound.pop("kwargs", {}), **bound}
         image_inputs = adapter.image_inputs_from(bound) or (state.pending_image_inputs or {})
-        state.pending_image_inputs = None
+        # generate passes the features it computed before the prefill as `mm_encoder_outputs` to every forward that
+        # reads them (each step when use_cache=False); the inputs it computed them from describe all those forwards.
+        if bound.get("mm_encoder_outputs") is None:
+            state.pending_image_inputs = None
         if not _cache_is_empty(bound.get("past_key_values")):
             if state.last is not None:
                 state.last.decode_steps += 1
@@ -99,13 +140,15 @@ def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
             state.in_forward = True
             return None
         input_ids = bound.get("input_ids")
+        if input_ids is None and bound.get("inputs_embeds") is not None:
+            input_ids = _placeholder_ids(adapter, bound["inputs_embeds"])
         record = ForwardRecord()
         if input_ids is not None:
             is_image = input_ids == adapter.image_token_id
             record.visual_tokens = is_image.sum(dim=1).tolist()
             record.sequence_length = input_ids.shape[1]
             if bool(is_image.any()) and image_inputs:
-                record.visual_layout = adapter.visual_layout(input_ids, image_inputs)
+                record.visual_layout = _visual_layout(adapter, input_ids, image_inputs)
         state.recording = record
         state.in_forward = True  # set last: a pre-hook that raised never reaches the always-called closing hook
         return None

@@ -23,9 +23,6 @@ from .registry import get_adapter
 
 __all__ = ["compress", "get_adapter_of", "get_config", "is_compressed", "last_stats", "unpatch"]
 
-# Components whose implementation is not part of this release yet: refusing them beats silently ignoring them.
-_NOT_YET_AVAILABLE: tuple[str, ...] = ("lvtc", "rvtc")
-
 
 def _installers(config: VTCConfig):
     """The install function of every enabled component, in the order they must be applied.
@@ -34,10 +31,14 @@ def _installers(config: VTCConfig):
     (what the decoder does with them). Each installer validates against the model before it changes anything and
     records every change in `state.ledger`.
     """
-    from . import _install_pvtc
+    from . import _install_pvtc, lvtc, rvtc
 
+    if config.rvtc is not None:
+        yield rvtc.install
     if config.pvtc is not None:
         yield _install_pvtc.install
+    if config.lvtc is not None:
+        yield lvtc.install
 
 
 def _state(model: nn.Module) -> VTCState | None:
@@ -75,9 +76,6 @@ def compress(model: nn.Module, config: VTCConfig, processor: Any = None) -> nn.M
     if not isinstance(config, VTCConfig):
         raise ConfigError("config", config, "a vtc.VTCConfig", hint="e.g. vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4))")
     adapter = get_adapter(model)  # raises before anything is touched
-    for name in _NOT_YET_AVAILABLE:
-        if getattr(config, name) is not None:
-            raise ConfigError(name, getattr(config, name), "None: this component is not available in this release")
     if is_compressed(model):
         unpatch(model)
 

@@ -3,6 +3,8 @@
 Every configuration is measured in the same process, on the same model instance, in interleaved rounds (round r
 times each configuration once), so that slow drifts of the machine (thermal, other load) hit all of them alike.
 Latency is the median over rounds. FLOPs come from `vtc.flops` with the per-layer lengths the model really ran.
+A configuration that cannot apply to the model (`vtc.compress` raises `ConfigError`, e.g. RVTC on a model with one
+fixed resolution) is not measured: its row says why it was skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from .api import compress, last_stats, unpatch
 from .config import VTCConfig
+from .errors import ConfigError
 from .flops import prefill_flops
 from .registry import get_adapter
 
@@ -28,23 +31,27 @@ InputsFn = Callable[[Any], Mapping[str, Any]]
 
 @dataclass
 class AblationRow:
-    """One configuration's measurements. `*_rel` fields are relative to the row named `baseline`."""
+    """One configuration's measurements. `*_rel` fields are relative to the row named `baseline`.
+
+    A skipped configuration has `skipped` set to the reason and `None` for every measurement.
+    """
 
     family: str
     config_name: str
     config: dict[str, Any]
-    batch_size: int
-    visual_tokens: list[int]
-    layer_seq_lens: list[int]
-    mean_layer_seq_len: float
-    flops: int
-    latency_ms: float
-    latency_ms_all: list[float]
-    kv_cache_mb: float
+    batch_size: int | None
+    visual_tokens: list[int] | None
+    layer_seq_lens: list[int] | None
+    mean_layer_seq_len: float | None
+    flops: int | None
+    latency_ms: float | None
+    latency_ms_all: list[float] | None
+    kv_cache_mb: float | None
     peak_mem_mb: float | None
-    flops_rel: float = 1.0
-    latency_rel: float = 1.0
+    flops_rel: float | None = 1.0
+    latency_rel: float | None = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
+    skipped: str | None = None
 
 
 def _synchronize(device: torch.device) -> None:
@@ -103,7 +110,8 @@ def measure_configs(
     """Measure each configuration's prefill on `model`; yield one row per configuration.
 
     Args:
-        configs: name → config; the name `baseline` (if present) is the reference for the relative columns.
+        configs: name → config; the name `baseline` (if present) is the reference for the relative columns. A
+            configuration that `vtc.compress` refuses for this model with `ConfigError` gets a skipped row.
         inputs_fn: builds the model inputs from the (possibly vtc-patched) processor, so that placeholder counts
             always match the configuration being measured.
         repeats: timed rounds; each round times every configuration once, interleaved.
@@ -119,10 +127,15 @@ def measure_configs(
     stats: dict[str, dict[str, Any]] = {}
     cache_mb: dict[str, float] = {}
     peak_mb: dict[str, float | None] = {}
+    skipped: dict[str, str] = {}
 
     with torch.inference_mode():
         for name in names:  # warm up every configuration and collect what does not need repeating
-            compress(model, configs[name], processor=processor)
+            try:
+                compress(model, configs[name], processor=processor)
+            except ConfigError as error:  # compress is atomic: the model and processor are untouched
+                skipped[name] = str(error)
+                continue
             inputs[name] = {k: v.to(device) if isinstance(v, torch.Tensor) else v
                             for k, v in inputs_fn(processor).items()}
             for _ in range(warmup):
@@ -133,15 +146,24 @@ def measure_configs(
             peak_mb[name] = _peak_memory_mb(model, inputs[name], device)
         for _ in range(repeats):
             for name in names:
-                compress(model, configs[name], processor=processor)
-                elapsed, _ = _timed_prefill(model, inputs[name], device)
-                timings[name].append(elapsed)
+                if name not in skipped:
+                    compress(model, configs[name], processor=processor)
+                    elapsed, _ = _timed_prefill(model, inputs[name], device)
+                    timings[name].append(elapsed)
                 if progress is not None:
                     progress()
     unpatch(model)
 
     rows = []
     for name in names:
+        if name in skipped:
+            rows.append(AblationRow(
+                family=family, config_name=name, config=configs[name].to_dict(), batch_size=None,
+                visual_tokens=None, layer_seq_lens=None, mean_layer_seq_len=None, flops=None, latency_ms=None,
+                latency_ms_all=None, kv_cache_mb=None, peak_mem_mb=None, flops_rel=None, latency_rel=None,
+                skipped=skipped[name],
+            ))
+            continue
         record = stats[name]
         lens = record["layer_seq_lens"]
         batch = len(record["visual_tokens"]) or 1
@@ -159,8 +181,9 @@ def measure_configs(
             kv_cache_mb=cache_mb[name],
             peak_mem_mb=peak_mb[name],
         ))
-    reference = next((r for r in rows if r.config_name == "baseline"), rows[0])
-    for row in rows:
+    measured = [row for row in rows if row.skipped is None]
+    reference = next((r for r in measured if r.config_name == "baseline"), measured[0] if measured else None)
+    for row in measured:
         row.flops_rel = row.flops / reference.flops
         row.latency_rel = row.latency_ms / reference.latency_ms
     yield from rows

@@ -60,6 +60,16 @@ def default_grid() -> dict[str, Any]:
     grid = {"baseline": vtc.VTCConfig()}
     # PVTC, warm-started: ratio 1 is the model itself (the projector's own cost), 4 and 16 compress.
     grid.update({f"pvtc-r{r}": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=r)) for r in (1, 4, 16)})
+    # RVTC, up to 6 tiles per image: the released edge-length rule and the area rule. A family with one fixed
+    # resolution has no tiles to choose: its rows are skipped, with the reason.
+    grid.update({f"rvtc-{mode}": vtc.VTCConfig(rvtc=vtc.RVTCConfig(mode=mode)) for mode in ("edge", "area")})
+    # LVTC from layer 1 to the last layer (valid on every model with 2+ decoder layers and at most 1 layer of
+    # injected visual features), at ratios 4 and 16, with each restore rule.
+    grid.update({
+        f"lvtc-r{r}-{restore}": vtc.VTCConfig(lvtc=vtc.LVTCConfig(compress_layer=1, restore_layer=-1, ratio=r,
+                                                                  restore=restore))
+        for r in (4, 16) for restore in vtc.LVTCConfig.RESTORES
+    })
     return grid
 
 
@@ -77,6 +87,8 @@ TABLE_COLUMNS = (
 
 
 def _cell(row: Any, attribute: str, fmt: str | None) -> str:
+    if getattr(row, "skipped", None) and attribute not in ("family", "config_name"):
+        return "skipped" if attribute == "visual_tokens" else "-"
     value = getattr(row, attribute)
     if value is None:
         return "n/a"
@@ -130,7 +142,13 @@ def _targets(args: argparse.Namespace):
     """Yield `(family, model, processor, inputs_fn)` for each model the ablation covers."""
     import torch
 
-    from vtc.adapters._tiny import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
+    from vtc.adapters._tiny import (
+        TINY_FAMILIES,
+        ablation_image_sizes,
+        build_tiny_model,
+        build_tiny_processor,
+        tiny_batch,
+    )
     from vtc.registry import get_adapter_class
 
     dtype = getattr(torch, args.dtype)
@@ -145,7 +163,7 @@ def _targets(args: argparse.Namespace):
         sizes = [tuple(int(v) for v in s.split("x")) for s in args.image_sizes.split(",")]
 
         def real_inputs(proc, adapter_cls=adapter_cls, sizes=sizes):
-            return adapter_cls.example_inputs(proc, sizes, batch=args.batch)
+            return adapter_cls.example_inputs(proc, sizes, batch=args.batch or len(sizes))
 
         yield model.config.model_type, model, processor, real_inputs
         return
@@ -155,8 +173,13 @@ def _targets(args: argparse.Namespace):
         model = build_tiny_model(family, args.attn).to(device=args.device, dtype=dtype)
         processor = build_tiny_processor(family)
 
-        def tiny_inputs(proc, family=family):
-            return tiny_batch(family, proc, batch=args.batch)
+        # One sample per image size by default: the sizes span several tile grids, so the per-image visual tokens
+        # show what resolution-dependent configurations (RVTC) do.
+        sizes = ablation_image_sizes(family)
+        batch = args.batch or len(sizes)
+
+        def tiny_inputs(proc, family=family, batch=batch, sizes=sizes):
+            return tiny_batch(family, proc, batch=batch, image_sizes=[sizes[i % len(sizes)] for i in range(batch)])
 
         yield family, model, processor, tiny_inputs
 
@@ -179,6 +202,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             rows.extend(measure_configs(model, processor, grid, inputs_fn, family=family, repeats=args.repeats,
                                         warmup=args.warmup, progress=bar.update))
     print(format_table(rows))
+    for row in rows:
+        if row.skipped:
+            print(f"skipped {row.family} {row.config_name}: {row.skipped}")
     out_dir = Path(args.out) if args.out else Path("vtc_results") / time.strftime("ablate-%Y%m%d-%H%M%S")
     jsonl, csv_path = write_rows(rows, out_dir, _environment(args.device, args.dtype, args.attn))
     print(f"\nwrote {jsonl} and {csv_path}")
@@ -193,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablate = sub.add_parser("ablate", help="measure every configuration of the grid side by side")
     ablate.add_argument("--model", help="path of a local checkpoint (default: tiny random models of every family)")
     ablate.add_argument("--families", help="comma-separated model types for the tiny default (default: all)")
-    ablate.add_argument("--batch", type=int, default=1, help="samples per prefill (default 1)")
+    ablate.add_argument("--batch", type=int, help="samples per prefill, one image each, cycling through the image "
+                                                 "sizes (default: one sample per image size)")
     ablate.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is reported (default 5)")
     ablate.add_argument("--warmup", type=int, default=1, help="untimed prefills per configuration (default 1)")
     ablate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")

@@ -3,8 +3,8 @@
 Axes: b batch, s sequence (full length), g groups (compressed length, padded to the batch maximum).
 
 Everything the compressed sequence needs (pooled states, attention mask, positions, lengths) is read from one
-`GroupIndex`, so those pieces cannot drift apart. Text positions, including left padding, and the newline tokens of a
-`newline=True` span stay singletons; only grid cells and grid-less visual runs are merged.
+`GroupIndex`, so those pieces cannot drift apart. Text positions and the newline tokens of a `newline=True` span stay
+singletons; only grid cells, grid-less visual runs and (when given) runs of padding are merged.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from vtc.layout import BatchLayout, SampleLayout, VisualSpan
 from vtc.ops.windows import check_ratio, pooled_grid, window_shape
 
-__all__ = ["GroupIndex", "check_layout", "compressed_lengths", "group_index"]
+__all__ = ["GroupIndex", "cell_mask", "check_layout", "compressed_lengths", "group_index"]
 
 
 # eq=False: the generated __eq__ would compare tensors and fail on their ambiguous truth value.
@@ -95,27 +95,61 @@ def _span_groups(span: VisualSpan, ratio: int) -> int:
     return ph * pw + (span.grid[0] if span.newline else 0)
 
 
-def compressed_lengths(layout: BatchLayout, seq_len: int, ratio: int) -> list[int]:
+def _check_padding(padding: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor | None:
+    if padding is None:
+        return None
+    shape = tuple(getattr(padding, "shape", ()))
+    if not isinstance(padding, torch.Tensor) or padding.dtype != torch.bool or shape != (batch, seq_len):
+        raise ValueError(f"padding must be a bool tensor of shape (b={batch}, s={seq_len}), got "
+                         f"{getattr(padding, 'dtype', type(padding).__name__)} {shape}")
+    return padding.cpu()
+
+
+def _padding_runs(sample: SampleLayout, padding_row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(s,)` whether a position is padding outside the visual spans, and `(s,)` the start of its run of such."""
+    pad = padding_row.clone()
+    for span in sample:
+        pad[span.start:span.end] = False  # a masked visual token still belongs to its window
+    positions = torch.arange(len(pad))
+    starts = pad & ~torch.cat([pad.new_zeros(1), pad[:-1]])
+    run_start = torch.where(starts, positions, torch.full_like(positions, -1)).cummax(0).values
+    return pad, run_start
+
+
+def compressed_lengths(layout: BatchLayout, seq_len: int, ratio: int, *, padding: torch.Tensor | None = None
+                       ) -> list[int]:
     """Groups per sample, from arithmetic alone; always equal to `group_index(...).num_groups`.
 
     Args:
         layout: one tuple of `VisualSpan`s per sample.
         seq_len: `s`, the (padded) sequence length every sample shares.
         ratio: grid cells per compressed token.
+        padding: `(b, s)` bool, True at padding positions; each run of them outside the visual spans counts once.
     """
     ratio = check_ratio(ratio)
     check_layout(layout, seq_len)
-    return [seq_len - sum(span.length for span in sample) + sum(_span_groups(span, ratio) for span in sample)
-            for sample in layout]
+    padding = _check_padding(padding, len(layout), seq_len)
+    lengths = []
+    for b, sample in enumerate(layout):
+        n = seq_len - sum(span.length for span in sample) + sum(_span_groups(span, ratio) for span in sample)
+        if padding is not None:
+            pad, run_start = _padding_runs(sample, padding[b])
+            n -= int(pad.sum()) - len(torch.unique(run_start[pad]))
+        lengths.append(n)
+    return lengths
 
 
-def _leaders(sample: SampleLayout, seq_len: int, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _leaders(sample: SampleLayout, seq_len: int, ratio: int, padding_row: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(s,)` position of the first member of each position's group, and `(s,)` whether the position is visual.
 
     Labelling every position by its group's first member makes the dense, causally ordered numbering a plain
     `unique(sorted=True)`.
     """
     leader = torch.arange(seq_len)  # text and newline tokens lead themselves
+    if padding_row is not None:
+        pad, run_start = _padding_runs(sample, padding_row)
+        leader = torch.where(pad, run_start, leader)
     visual = torch.zeros(seq_len, dtype=torch.bool)
     sh, sw = window_shape(ratio)
     for span in sample:
@@ -132,24 +166,29 @@ def _leaders(sample: SampleLayout, seq_len: int, ratio: int) -> tuple[torch.Tens
     return leader, visual
 
 
-def group_index(layout: BatchLayout, seq_len: int, ratio: int, *, device: torch.device | str | None = None
-                ) -> GroupIndex:
+def group_index(layout: BatchLayout, seq_len: int, ratio: int, *, padding: torch.Tensor | None = None,
+                device: torch.device | str | None = None) -> GroupIndex:
     """Build the `GroupIndex` of a batch.
 
     Grid spans are grouped by `window_shape(ratio)` windows (partial at the bottom and right edges), grid-less spans
-    by consecutive runs of `ratio` (the last one partial); every other position is a group of its own.
+    by consecutive runs of `ratio` (the last one partial); with `padding`, each maximal run of padding positions
+    outside the visual spans is one group; every other position is a group of its own.
 
     Args:
         layout: one tuple of `VisualSpan`s per sample, ordered by start.
         seq_len: `s`, the (padded) sequence length every sample shares.
-        ratio: grid cells per compressed token; `1` gives the identity grouping.
+        ratio: grid cells per compressed token; `1` (without `padding`) gives the identity grouping.
+        padding: `(b, s)` bool, True where the attention mask is 0. No position attends to padding, so one masked
+            group can stand for a whole run of it, and a left-padded sample's compressed length no longer counts
+            its padding (which would otherwise set the batch's compressed length).
         device: where the index tensors live (CPU when `None`).
     """
     ratio = check_ratio(ratio)
     check_layout(layout, seq_len)
+    padding = _check_padding(padding, len(layout), seq_len)
     index, first, size, is_visual = [], [], [], []
-    for sample in layout:
-        leader, visual = _leaders(sample, seq_len, ratio)
+    for b, sample in enumerate(layout):
+        leader, visual = _leaders(sample, seq_len, ratio, None if padding is None else padding[b])
         sample_first, sample_index, sample_size = torch.unique(leader, sorted=True, return_inverse=True,
                                                                return_counts=True)
         index.append(sample_index)
@@ -167,3 +206,25 @@ def group_index(layout: BatchLayout, seq_len: int, ratio: int, *, device: torch.
     index = torch.stack(index).reshape(len(layout), seq_len)
     return GroupIndex(index=index.to(device), num_groups=num_groups.to(device), first=first.to(device),
                       size=size.to(device), is_visual=is_visual.to(device), valid=valid.to(device))
+
+
+def cell_mask(layout: BatchLayout, seq_len: int, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """`(b, s)` bool: True at the positions pooling merges (grid cells and grid-less visual tokens).
+
+    Text positions and the newline tokens of `newline=True` spans are False: they are never pooled, so a restore
+    that adds back full-resolution detail must leave them alone.
+
+    Args:
+        layout: one tuple of `VisualSpan`s per sample, ordered by start.
+        seq_len: `s`, the (padded) sequence length every sample shares.
+        device: where the mask lives (CPU when `None`).
+    """
+    check_layout(layout, seq_len)
+    mask = torch.zeros(len(layout), seq_len, dtype=torch.bool)
+    for b, sample in enumerate(layout):
+        for span in sample:
+            mask[b, span.start:span.end] = True
+            if span.newline:
+                h, w = span.grid
+                mask[b, span.start + w:span.end:w + 1] = False  # the token closing each row
+    return mask.to(device)

@@ -1,0 +1,364 @@
+"""LVTC: pool the visual hidden states at decoder layer K, run layers K..L-1 short, restore them after layer L-1.
+
+The outer sequence never changes (input ids, logits, positions and generation bookkeeping stay full length); only the
+layers K..L-1 see the compressed sequence and keep shorter KV caches. Everything is done with hooks on the model's own
+modules, so weights, `state_dict` keys, gradient checkpointing, `output_hidden_states` and every attention backend keep
+working:
+
+* language model, forward pre-hook: decides prefill or decode and reads the 2-D attention mask; a prefill (empty
+  cache) starts a new `LVTCContext`, taking the visual layout recorded for this forward;
+* rotary embedding, forward pre-hook: the positions it is called with (1-D or M-RoPE), for the pooled groups' mean;
+* layer K, forward pre-hook: pools the hidden states (prefill) and builds the compressed layers' mask and rotary
+  embeddings. In decode it builds the mask *before* layer K appends the step's keys, when the cache length is right;
+* layers K+1..L-1, forward pre-hooks: swap in that mask and those rotary embeddings;
+* layer L-1, forward hook: restores the full length (prefill); decode steps never were compressed.
+
+Per-generation state lives in one `LVTCContext` on the model's `_vtc_state`; nothing is global.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+from .config import LVTCConfig
+from .errors import ConfigError, UnsupportedModelError
+from .layout import BatchLayout
+from .ops import (
+    GroupIndex,
+    cell_mask,
+    compact_mask,
+    compact_positions,
+    extend_mask,
+    gather_groups,
+    group_index,
+    pool,
+    unpool,
+    unpool_bilinear,
+)
+
+__all__ = ["GATE_NAME", "LVTCContext", "install"]
+
+#: The learnable residual gate of `restore="add"`, a scalar parameter on the language model.
+GATE_NAME = "vtc_lvtc_gate"
+
+_STATIC_CACHE_HINT = ("LVTC keeps shorter KV caches in the compressed layers, which needs a DynamicCache (the default "
+                      "of `generate`); do not pass a static cache or `cache_implementation=\"static\"`.")
+
+
+@dataclass
+class LVTCContext:
+    """What one generation needs: set by its prefill, read by the decode steps that extend the prefill's cache.
+
+    The per-forward fields (`step_*`) only live for the duration of one forward.
+    """
+
+    # The prefill that began this generation.
+    compressed: bool = False
+    full_length: int = 0  # `s`, the prompt length every layer outside K..L-1 caches
+    compressed_length: int = 0  # `g`, what layers K..L-1 cache for the prompt
+    compact_mask: torch.Tensor | None = None  # `(b, g)` 2-D mask of the compressed prompt, None for all ones
+    cache: Any = None  # weak reference to the prefill's cache: decode steps must extend that very cache
+
+    # The forward in progress.
+    step_prefill: bool = False
+    step_layout: BatchLayout | None = None
+    step_mask2d: torch.Tensor | None = None  # 2-D mask of the compressed layers' keys (prefill: of the full prompt)
+    step_rotary_positions: torch.Tensor | None = None
+    step_groups: GroupIndex | None = None
+    step_attention_mask: Any = None  # what layers K..L-1 receive as `attention_mask`
+    step_position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+    step_residual: torch.Tensor | None = None  # `(b, s, d)` full-resolution term the restore adds back
+    step_active: bool = False  # whether layers K..L-1 must get the swapped arguments in this forward
+
+    def end_step(self) -> None:
+        """Drop the per-forward tensors (hidden states with their autograd graph among them)."""
+        self.step_prefill = self.step_active = False
+        self.step_layout = self.step_mask2d = self.step_rotary_positions = self.step_groups = None
+        self.step_attention_mask = self.step_position_embeddings = self.step_residual = None
+
+
+def _cache_length(cache: Any, layer: int = 0) -> int:
+    return 0 if cache is None else int(cache.get_seq_length(layer))
+
+
+def _check_cache(cache: Any) -> None:
+    if cache is not None and getattr(cache, "is_compileable", False):
+        raise UnsupportedModelError(f"LVTC does not support {type(cache).__name__}. {_STATIC_CACHE_HINT}")
+
+
+def _check_attention_mask(mask: Any) -> None:
+    if mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+        return
+    if isinstance(mask, dict):  # generate pre-builds per-layer-type masks for static caches only
+        raise UnsupportedModelError(f"LVTC got pre-built attention masks. {_STATIC_CACHE_HINT}")
+    raise UnsupportedModelError(
+        f"LVTC needs a 2-D padding mask (batch, sequence) or None, got {type(mask).__name__} of shape "
+        f"{tuple(getattr(mask, 'shape', ()))}: a custom 4-D mask cannot be compressed. Pass the 2-D attention_mask "
+        "the processor returns."
+    )
+
+
+def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+class _Controller:
+    """The hooks of one compressed model; all state they share lives in `state.lvtc`."""
+
+    def __init__(self, state: Any, config: LVTCConfig, compress_layer: int, restore_layer: int | None,
+                 gate: nn.Parameter | None):
+        adapter = state.adapter
+        self.state, self.config, self.gate = state, config, gate
+        self.compress_layer, self.restore_layer = compress_layer, restore_layer
+        self.text_config = adapter.text_config
+        self.rotary = adapter.rotary_embedding
+        self.text_signature = inspect.signature(adapter.language_model.forward)
+
+    # -------------------------------------------------------------------------------------------- language model
+    def begin_forward(self, _module, args, kwargs):
+        bound = self.text_signature.bind_partial(*args, **kwargs).arguments
+        bound = {**bound.pop("kwargs", {}), **bound}
+        mask, cache = bound.get("attention_mask"), bound.get("past_key_values")
+        _check_attention_mask(mask)
+        _check_cache(cache)
+        inputs = bound.get("inputs_embeds")
+        if inputs is None:
+            inputs = bound.get("input_ids")
+        if _cache_length(cache) == 0:
+            self._begin_prefill(mask)
+        else:
+            self._begin_decode(mask, cache, inputs.shape[0], inputs.shape[1])
+        return None
+
+    def _begin_prefill(self, mask: torch.Tensor | None) -> None:
+        # A new cache begins: whatever the previous generation left is dropped here.
+        context = self.state.lvtc = LVTCContext()
+        record = self.state.recording
+        layout = record.visual_layout if record is not None else None
+        if layout is None or not any(layout):
+            return  # nothing visual to pool: layers K..L-1 run unchanged
+        context.step_prefill = context.step_active = True
+        context.step_layout, context.step_mask2d = layout, mask
+
+    def _begin_decode(self, mask: torch.Tensor | None, cache: Any, batch: int, new_tokens: int) -> None:
+        context: LVTCContext | None = self.state.lvtc
+        full, compressed = _cache_length(cache), _cache_length(cache, self.compress_layer)
+        if context is None or not context.compressed or context.cache is None or context.cache() is not cache:
+            if full != compressed:
+                raise UnsupportedModelError(
+                    "this KV cache was filled by a compressed prefill other than the model's latest one; LVTC keeps "
+                    "the state of the latest prefill only. Run the prefill again (e.g. call generate with the prompt)."
+                )
+            return  # a cache no compressed prefill wrote: every layer holds the full sequence
+        appended = full - context.full_length
+        if appended < 0 or compressed != context.compressed_length + appended:
+            raise UnsupportedModelError(
+                f"the KV cache no longer matches the compressed prefill (layer 0 holds {full} tokens, layer "
+                f"{self.compress_layer} holds {compressed}; expected {context.full_length} + n and "
+                f"{context.compressed_length} + n). Cropping or editing the cache (assisted or speculative decoding) "
+                "is not supported with LVTC."
+            )
+        new_mask = None
+        if mask is not None:
+            new_mask = mask[:, context.full_length:]
+            if new_mask.shape[1] != appended + new_tokens:
+                raise UnsupportedModelError(
+                    f"attention_mask has {mask.shape[1]} columns but the cache holds {full} tokens and {new_tokens} "
+                    "arrive: pass the mask of the whole sequence (prompt and generated tokens)."
+                )
+        context.step_active = True
+        context.step_mask2d = extend_mask(context.compact_mask, new_mask, appended + new_tokens, batch,
+                                          compact_len=context.compressed_length)
+
+    def end_forward(self, _module, _args, _kwargs, _output):
+        if self.state.lvtc is not None:
+            self.state.lvtc.end_step()
+        return None
+
+    # -------------------------------------------------------------------------------------------- rotary embedding
+    def capture_positions(self, _module, args, kwargs):
+        context: LVTCContext | None = self.state.lvtc
+        # Only the language model's own call before the layers: our call at layer K comes after the capture.
+        if context is not None and context.step_prefill and context.step_rotary_positions is None:
+            context.step_rotary_positions = args[1] if len(args) > 1 else kwargs.get("position_ids")
+        return None
+
+    # -------------------------------------------------------------------------------------------- layer K
+    def compress(self, _module, args, kwargs):
+        context: LVTCContext | None = self.state.lvtc
+        if context is None or not context.step_active:
+            return None
+        cache = kwargs.get("past_key_values")
+        if not context.step_prefill:
+            # Sized against layer K's own cache, before this layer appends the step's keys.
+            context.step_attention_mask = self._mask(_hidden(args, kwargs), context.step_mask2d, cache)
+            return args, {**kwargs, "attention_mask": context.step_attention_mask, "position_ids": None}
+
+        hidden = _hidden(args, kwargs)
+        mask2d = context.step_mask2d
+        if mask2d is not None and tuple(mask2d.shape) != tuple(hidden.shape[:2]):
+            raise UnsupportedModelError(f"attention_mask has shape {tuple(mask2d.shape)} but the prompt is "
+                                        f"{tuple(hidden.shape[:2])}: pass the processor's 2-D attention_mask")
+        padding = None if mask2d is None else ~mask2d.bool()
+        groups = group_index(context.step_layout, hidden.shape[1], self.config.ratio, padding=padding,
+                             device=hidden.device)
+        pooled = pool(hidden, groups)
+        context.step_groups = groups
+        context.step_residual = self._residual(hidden, pooled, context)
+        context.step_mask2d = compact_mask(context.step_mask2d, groups)
+        context.step_attention_mask = self._mask(pooled, context.step_mask2d, cache)
+        context.step_position_embeddings = self._rotary(pooled, groups, kwargs["position_embeddings"], context)
+        context.compressed = True
+        context.full_length, context.compressed_length = groups.seq_len, groups.max_groups
+        context.compact_mask = context.step_mask2d
+        context.cache = None if cache is None else weakref.ref(cache)
+        return _with_hidden(args, self._swapped(kwargs, context), pooled)
+
+    def _residual(self, hidden: torch.Tensor, pooled: torch.Tensor, context: LVTCContext) -> torch.Tensor | None:
+        """The full-resolution term the restore adds to the upsampled compressed output."""
+        if self.restore_layer is None or self.config.restore == "upsample":
+            return None
+        if self.config.restore == "delta":
+            # What pooling lost, per token: exactly zero for text, newline tokens and every singleton group, so
+            # `upsample(H'_L) + residual` is the unpatched model at ratio=1, bit for bit.
+            return hidden - self._upsample(pooled, context)
+        cells = cell_mask(context.step_layout, hidden.shape[1], device=hidden.device)
+        return hidden * cells[..., None].to(hidden.dtype)
+
+    def _mask(self, hidden: torch.Tensor, mask2d: torch.Tensor | None, cache: Any):
+        # position_ids=None: compressed positions have gaps, which the mask builder would read as packed sequences.
+        return create_causal_mask(config=self.text_config, inputs_embeds=hidden, attention_mask=mask2d,
+                                  past_key_values=cache, position_ids=None, layer_idx=self.compress_layer)
+
+    def _rotary(self, pooled: torch.Tensor, groups: GroupIndex, full: tuple[torch.Tensor, torch.Tensor],
+                context: LVTCContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary embeddings at each group's representative position (original numbering, never renumbered)."""
+        if self.config.position == "first":
+            cos, sin = full
+            return gather_groups(cos, groups), gather_groups(sin, groups)
+        positions = context.step_rotary_positions
+        if positions is None:
+            raise UnsupportedModelError(
+                "the language model did not call its rotary embedding before the decoder layers, so LVTC cannot "
+                "place pooled tokens at their mean position; use LVTCConfig(position=\"first\")."
+            )
+        # Mean per axis: 1-D positions stay 1-D, M-RoPE positions keep their (temporal, height, width) axes.
+        return self.rotary(pooled, compact_positions(positions, groups, "mean"))
+
+    # -------------------------------------------------------------------------------------------- layers K+1..L-1
+    def swap(self, _module, args, kwargs):
+        context: LVTCContext | None = self.state.lvtc
+        if context is None or not context.step_active:
+            return None
+        return args, self._swapped(kwargs, context)
+
+    @staticmethod
+    def _swapped(kwargs: dict, context: LVTCContext) -> dict:
+        swapped = {**kwargs, "attention_mask": context.step_attention_mask, "position_ids": None}
+        if context.step_prefill:  # decode steps keep their tokens' own (original) positions
+            swapped["position_embeddings"] = context.step_position_embeddings
+        return swapped
+
+    # -------------------------------------------------------------------------------------------- layer L-1
+    def restore(self, _module, _args, output):
+        context: LVTCContext | None = self.state.lvtc
+        if context is None or not context.step_prefill or context.step_groups is None:
+            return None
+        compressed = output[0] if isinstance(output, tuple) else output
+        restored = self._upsample(compressed, context)
+        if context.step_residual is not None:
+            residual = context.step_residual
+            if self.gate is not None:
+                residual = self.gate.to(residual.dtype) * residual
+            restored = restored + residual
+        # Layers after this one run on the full sequence: nothing of the compressed step is needed any more.
+        context.step_prefill = context.step_active = False
+        context.step_residual = context.step_groups = context.step_position_embeddings = None
+        return (restored, *output[1:]) if isinstance(output, tuple) else restored
+
+    def _upsample(self, compressed: torch.Tensor, context: LVTCContext) -> torch.Tensor:
+        if self.config.upsample == "bilinear":
+            return unpool_bilinear(compressed, context.step_groups, context.step_layout, self.config.ratio)
+        return unpool(compressed, context.step_groups)
+
+
+def _validate(config: LVTCConfig, adapter: Any) -> tuple[int, int | None]:
+    """Resolve K and L for this model and refuse what LVTC cannot do correctly; changes nothing."""
+    try:
+        layers, rotary = adapter.decoder_layers, adapter.rotary_embedding
+    except AttributeError as error:
+        raise UnsupportedModelError(
+            f"{type(adapter).__name__} does not expose the decoder layers and rotary embedding LVTC needs: {error}"
+        ) from error
+    if not isinstance(rotary, nn.Module):
+        raise UnsupportedModelError(f"{type(adapter).__name__}.rotary_embedding must be an nn.Module")
+    k, restore_layer = config.resolve_layers(len(layers))
+    injected = adapter.visual_injection_layers
+    if k < injected:
+        raise ConfigError("compress_layer", config.compress_layer,
+                          f"a layer index >= {injected} for this model",
+                          hint=f"Its first {injected} decoder layers add visual features at the full-length visual "
+                               "positions after they run, so pooling must start after them.")
+    end = len(layers) if restore_layer is None else restore_layer
+    layer_types = getattr(adapter.text_config, "layer_types", None) or []
+    sliding = [i for i in range(k, end) if i < len(layer_types) and layer_types[i] != "full_attention"]
+    if sliding:
+        raise UnsupportedModelError(
+            f"decoder layers {sliding} use {layer_types[sliding[0]]!r}, which LVTC does not support inside the "
+            f"compressed layers {k}..{end - 1}: a window counted in pooled tokens would reach further back. Choose "
+            "compress_layer/restore_layer around them, or disable the sliding window in the model config."
+        )
+    if restore_layer is None and config.restore == "add":
+        raise ConfigError("restore", config.restore, "'delta' or 'upsample' with restore_layer=None",
+                          hint="restore_layer=None never restores, so the 'add' gate would never be used.")
+    return k, restore_layer
+
+
+def install(model: nn.Module, state: Any) -> None:
+    """Install LVTC as configured by `state.config.lvtc`, recording every change in `state.ledger`.
+
+    Raises:
+        ConfigError: K or L outside this model's decoder, K inside the layers that receive injected visual features,
+            or `restore="add"` with no restore layer.
+        UnsupportedModelError: the model lacks the seams LVTC hooks, or uses sliding-window attention in K..L-1.
+    """
+    config: LVTCConfig = state.config.lvtc
+    adapter, ledger = state.adapter, state.ledger
+    k, restore_layer = _validate(config, adapter)  # before anything is changed
+
+    language_model, layers = adapter.language_model, adapter.decoder_layers
+    gate = None
+    if restore_layer is not None and config.restore == "add":
+        reference = next(language_model.parameters())
+        gate = nn.Parameter(torch.zeros((), dtype=reference.dtype, device=reference.device))
+        ledger.set_attr(language_model, GATE_NAME, gate)
+    controller = _Controller(state, config, k, restore_layer, gate)
+    last = len(layers) if restore_layer is None else restore_layer
+
+    # prepend=True: compress and restore before any hook installed earlier (e.g. output capture) sees the layer.
+    ledger.add_hook(language_model.register_forward_pre_hook(controller.begin_forward, with_kwargs=True,
+                                                             prepend=True), "lvtc begin forward")
+    ledger.add_hook(language_model.register_forward_hook(controller.end_forward, with_kwargs=True, always_call=True),
+                    "lvtc end forward")
+    ledger.add_hook(adapter.rotary_embedding.register_forward_pre_hook(controller.capture_positions,
+                                                                       with_kwargs=True), "lvtc rotary positions")
+    ledger.add_hook(layers[k].register_forward_pre_hook(controller.compress, with_kwargs=True, prepend=True),
+                    f"lvtc compress at layer {k}")
+    for index in range(k + 1, last):
+        ledger.add_hook(layers[index].register_forward_pre_hook(controller.swap, with_kwargs=True, prepend=True),
+                        f"lvtc compressed layer {index}")
+    ledger.add_hook(layers[last - 1].register_forward_hook(controller.restore, prepend=True),
+                    f"lvtc restore after layer {last - 1}")
