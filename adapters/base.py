@@ -25,7 +25,7 @@ from vtc.errors import PlaceholderMismatchError, UnsupportedModelError, Unsuppor
 from vtc.layout import BatchLayout, SampleLayout, VisualSpan
 from vtc.ops import pooled_grid
 
-__all__ = ["Adapter", "PlaceholderSeam", "VisionFeatures", "check_placeholder_count", "shift_spans"]
+__all__ = ["Adapter", "VisionFeatures", "check_placeholder_count", "shift_spans"]
 
 
 @dataclass
@@ -47,18 +47,6 @@ class VisionFeatures:
     items_per_image: list[int]
     extra: dict[str, list[list[torch.Tensor]]] = field(default_factory=dict)
     image_inputs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PlaceholderSeam:
-    """Where a processor decides how many placeholders an image gets: `getattr(owner, attribute)`.
-
-    `kind` is `"method"` (a method the processor calls once per image) or `"value"` (a plain attribute).
-    """
-
-    owner: Any
-    attribute: str
-    kind: str
 
 
 def shift_spans(spans: Sequence[VisualSpan], offset: int) -> SampleLayout:
@@ -286,10 +274,6 @@ class Adapter:
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------------- processor
-    def placeholder_seam(self, processor: Any) -> PlaceholderSeam:
-        """The processor method or attribute that sets the number of placeholders per image."""
-        return PlaceholderSeam(processor, "replace_image_token", "method")
-
     def image_inputs_from(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """The image-describing entries of a processor output or of a forward call's keyword arguments."""
         return {k: inputs[k] for k in self.image_input_keys if inputs.get(k) is not None}

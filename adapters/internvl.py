@@ -25,7 +25,7 @@ from vtc.layout import SampleLayout, VisualSpan
 from vtc.registry import register_adapter
 from vtc.rvtc import TilePlan, check_budget, plan_tiles, tile_token_grid
 
-from .base import Adapter, PlaceholderSeam, VisionFeatures
+from .base import Adapter, VisionFeatures
 
 __all__ = ["InternVLAdapter"]
 
@@ -112,9 +112,6 @@ class InternVLAdapter(Adapter):
                 "process text and images together with the (vtc-patched) processor"
             )
         return [(VisualSpan(0, per_tile, (h, w)),)] * num_tiles
-
-    def placeholder_seam(self, processor: Any) -> PlaceholderSeam:
-        return PlaceholderSeam(processor, "image_seq_length", "value")
 
     # ------------------------------------------------------------------------------------------------- RVTC
     def rvtc_tile_size(self, config: RVTCConfig) -> int:

@@ -36,7 +36,7 @@ from vtc.registry import register_adapter
 from vtc.rvtc import check_budget, plan_tiles, tile_token_grid
 
 from ._per_image import concatenate_outputs, consecutive_runs, swapped_attribute
-from .base import Adapter, PlaceholderSeam, VisionFeatures
+from .base import Adapter, VisionFeatures
 
 __all__ = ["LlavaAdapter", "LlavaNextAdapter", "LlavaOnevisionAdapter"]
 
@@ -278,9 +278,6 @@ class _AnyResAdapter(LlavaLikeAdapter):
         rows = len(newlines)
         cols = len(rest) // rows - 1
         return base + (VisualSpan(h * w, rows * (cols + 1), (rows, cols), newline=True),)
-
-    def placeholder_seam(self, processor: Any) -> PlaceholderSeam:
-        return PlaceholderSeam(processor, "_get_number_of_features", "method")
 
     # ------------------------------------------------------------------------------------------------- RVTC
     #: Per image `(height, width)`, the pinpoints RVTC allows it, or `None` when RVTC is off; set through the ledger.

@@ -87,11 +87,3 @@ def test_several_images_in_one_prompt_and_a_sample_without_image(family):
     layout = adapter.visual_layout(batch_ids, adapter.image_inputs_from(inputs))
     assert layout[1] == ()
     assert_layout_covers_placeholders(layout, batch_ids, adapter.image_token_id)
-
-
-@pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_placeholder_seam_exists_on_the_real_processor(family):
-    model, processor = build_tiny_model(family), build_tiny_processor(family)
-    seam = get_adapter(model).placeholder_seam(processor)
-    value = getattr(seam.owner, seam.attribute)
-    assert callable(value) if seam.kind == "method" else isinstance(value, int)
