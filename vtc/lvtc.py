@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 from transformers.masking_utils import create_causal_mask
 
 from .config import LVTCConfig
@@ -43,10 +44,12 @@ from .ops import (
     unpool_bilinear,
 )
 
-__all__ = ["GATE_NAME", "LVTCContext", "install"]
+__all__ = ["COMPRESS_RANGE", "GATE_NAME", "RESTORE_RANGE", "LVTCContext", "install"]
 
 #: The learnable residual gate of `restore="add"`, a scalar parameter on the language model.
 GATE_NAME = "vtc_lvtc_gate"
+#: `torch.profiler` ranges around LVTC's own work, so that a profile separates it from the decoder's.
+COMPRESS_RANGE, RESTORE_RANGE = "vtc_lvtc_compress", "vtc_lvtc_restore"
 
 _STATIC_CACHE_HINT = ("LVTC keeps shorter KV caches in the compressed layers, which needs a DynamicCache (the default "
                       "of `generate`); do not pass a static cache or `cache_implementation=\"static\"`.")
@@ -204,9 +207,13 @@ class _Controller:
         cache = kwargs.get("past_key_values")
         if not context.step_prefill:
             # Sized against layer K's own cache, before this layer appends the step's keys.
-            context.step_attention_mask = self._mask(_hidden(args, kwargs), context.step_mask2d, cache)
+            with record_function(COMPRESS_RANGE):
+                context.step_attention_mask = self._mask(_hidden(args, kwargs), context.step_mask2d, cache)
             return args, {**kwargs, "attention_mask": context.step_attention_mask, "position_ids": None}
+        with record_function(COMPRESS_RANGE):
+            return self._compress_prefill(args, kwargs, context, cache)
 
+    def _compress_prefill(self, args: tuple, kwargs: dict, context: LVTCContext, cache: Any) -> tuple[tuple, dict]:
         hidden = _hidden(args, kwargs)
         mask2d = context.step_mask2d
         if mask2d is not None and tuple(mask2d.shape) != tuple(hidden.shape[:2]):
@@ -278,12 +285,13 @@ class _Controller:
         if context is None or not context.step_prefill or context.step_groups is None:
             return None
         compressed = output[0] if isinstance(output, tuple) else output
-        restored = self._upsample(compressed, context)
-        if context.step_residual is not None:
-            residual = context.step_residual
-            if self.gate is not None:
-                residual = self.gate.to(residual.dtype) * residual
-            restored = restored + residual
+        with record_function(RESTORE_RANGE):
+            restored = self._upsample(compressed, context)
+            if context.step_residual is not None:
+                residual = context.step_residual
+                if self.gate is not None:
+                    residual = self.gate.to(residual.dtype) * residual
+                restored = restored + residual
         # Layers after this one run on the full sequence: nothing of the compressed step is needed any more.
         context.step_prefill = context.step_active = False
         context.step_residual = context.step_groups = context.step_position_embeddings = None
