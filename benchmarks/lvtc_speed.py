@@ -21,11 +21,11 @@ time one prefill spends in LVTC's own profiler ranges (`vtc_lvtc_compress`, `vtc
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
+from _common import describe_run, parser_with_common_options, print_table
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 import vtc
@@ -115,15 +115,9 @@ def lvtc_own_work_ms(model, config: vtc.VTCConfig, inputs) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--attn", default="sdpa")
-    parser.add_argument("--ratios", default="4,16")
+    parser = parser_with_common_options(__doc__)
     parser.add_argument("--compress-layer", type=int, default=2)
     parser.add_argument("--restore-layer", type=int, default=-2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     model = build_model(args.device, dtype, args.attn)
@@ -176,9 +170,7 @@ def main() -> None:
 
     speedup = {name: ratio("baseline", name) for name in names}
     flops = {name: prefill_flops(text_config, lens).total for name, lens in layer_lens.items()}
-    print(f"device {torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}, {args.dtype}, {args.attn}, "
-          f"threads {torch.get_num_threads()}, batch {args.batch}, K={k}, L={restore} of {num_layers} layers, "
-          f"median of {args.repeats} interleaved rounds (ms)")
+    print(f"{describe_run(args)}; K={k}, L={restore} of {num_layers} layers")
     header = ("config", "layer lengths", "prefill ms", "LVTC work ms", "speedup", "oracle speedup", "of oracle",
               "FLOPs ratio")
     rows = []
@@ -194,11 +186,7 @@ def main() -> None:
             f"{ratio(oracle, name):.1%}" if is_lvtc else "-",
             f"{flops['baseline'] / flops[name]:.2f}x",
         ))
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+    print_table(header, rows)
     print(f"\nratio=1 overhead (LVTC hooks at full length vs baseline): {ratio('lvtc r=1', 'baseline') - 1:+.1%}")
 
 

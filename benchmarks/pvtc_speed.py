@@ -15,12 +15,12 @@ with forward hooks; medians over rounds are reported. Two yardsticks:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections import defaultdict
 
 import torch
+from _common import describe_run, parser_with_common_options, print_table
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 import vtc
@@ -120,14 +120,7 @@ def oracle_prefill(model, batch: int, length: int, device) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--attn", default="sdpa")
-    parser.add_argument("--ratios", default="4,16")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=1, help="images (one per prompt) per prefill")
-    args = parser.parse_args()
+    args = parser_with_common_options(__doc__).parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     model = build_model(args.device, dtype, args.attn)
     configs = {"original": vtc.VTCConfig()}
@@ -152,8 +145,7 @@ def main() -> None:
     text_config = model.config.text_config
     flops = {name: prefill_flops(text_config, [n] * text_config.num_hidden_layers).total for name, n in lengths.items()}
     base = med["original"]
-    print(f"device {torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}, {args.dtype}, {args.attn}, "
-          f"threads {torch.get_num_threads()}, batch {args.batch}, median of {args.repeats} interleaved rounds (ms)")
+    print(describe_run(args))
     header = ("config", "visual", "vision", "projector", "LM", "total", "oracle LM", "LM speedup", "oracle speedup",
               "of oracle", "LM FLOPs ratio", "proj cost / LM saved")
     rows = []
@@ -170,11 +162,7 @@ def main() -> None:
             f"{flops['original'] / flops[name]:.2f}x",
             "-" if name == "original" else f"{extra / saved:.1%}" if saved > 0 else "n/a",
         ))
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+    print_table(header, rows)
 
 
 if __name__ == "__main__":

@@ -5,20 +5,12 @@ Runs for every family × {sdpa, eager} × {batch 1, batch 2 left-padded with dif
 
 import pytest
 import torch
+from references import vtc_hooks
 
 import vtc
 from vtc.adapters._tiny import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
 
 ATTENTION = ("sdpa", "eager")
-
-
-def vtc_hooks(model):
-    """Hooks whose function comes from vtc (transformers installs its own output-capture hooks lazily)."""
-    found = []
-    for name, module in model.named_modules():
-        for registry in (module._forward_pre_hooks, module._forward_hooks, module._backward_hooks):
-            found += [name for fn in registry.values() if getattr(fn, "__module__", "").startswith("vtc")]
-    return found
 
 
 def instance_attributes(model):

@@ -5,6 +5,7 @@ Also: several images in one prompt next to a sample with no image, and flash-att
 
 import pytest
 import torch
+from references import vtc_hooks
 from transformers.utils import is_flash_attn_2_available
 
 import vtc
@@ -61,14 +62,6 @@ def single_sample_inputs(family, processor, index):
     image = tiny_images(default_image_sizes(family, 2))[index]
     text = PROMPTS[index].replace("{image}", image_placeholder(family))
     return processor(images=[image], text=[text], return_tensors="pt")
-
-
-def vtc_hooks(model):
-    found = []
-    for name, module in model.named_modules():
-        for registry in (module._forward_pre_hooks, module._forward_hooks, module._backward_hooks):
-            found += [name for fn in registry.values() if getattr(fn, "__module__", "").startswith("vtc")]
-    return found
 
 
 def vtc_attributes(model):

@@ -12,38 +12,11 @@ import math
 import pytest
 import torch
 from hypothesis import given
+from references import members, reference_groups
 from strategies import RATIOS, batch_layouts
 
 from vtc.layout import VisualSpan
 from vtc.ops import compressed_lengths, group_index, pooled_grid, window_shape
-
-
-def reference_groups(sample: tuple[VisualSpan, ...], seq_len: int, ratio: int) -> list[list[int]]:
-    """Brute force: every group's sorted members, groups sorted by first member."""
-    side = math.isqrt(ratio)
-    sh, sw = (side, side) if side * side == ratio else (1, ratio)
-    groups, covered = [], set()
-    for span in sample:
-        covered.update(span.positions())
-        if span.grid is None:
-            groups += [list(range(p, min(p + ratio, span.end))) for p in range(span.start, span.end, ratio)]
-            continue
-        h, w = span.grid
-        stride = w + 1 if span.newline else w
-        windows: dict[tuple[int, int], list[int]] = {}
-        for i in range(h):
-            for j in range(w):
-                windows.setdefault((i // sh, j // sw), []).append(span.start + i * stride + j)
-            if span.newline:
-                groups.append([span.start + i * stride + w])
-        groups += windows.values()
-    groups += [[p] for p in range(seq_len) if p not in covered]
-    return sorted(sorted(g) for g in groups)
-
-
-def members(gi, b: int) -> list[list[int]]:
-    """Members of each valid group of sample `b`, read off `gi.index`."""
-    return [torch.nonzero(gi.index[b] == k).flatten().tolist() for k in range(int(gi.num_groups[b]))]
 
 
 def formula_lengths(layout, seq_len: int, ratio: int) -> list[int]:

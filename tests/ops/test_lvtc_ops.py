@@ -9,8 +9,8 @@ import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import given
+from references import members, reference_groups
 from strategies import RATIOS, batch_layouts
-from test_groups import members, reference_groups
 
 from vtc.layout import VisualSpan
 from vtc.ops import cell_mask, compact_mask, compressed_lengths, group_index, pool, unpool, unpool_bilinear
@@ -27,25 +27,13 @@ def _padding(layout, seq_len, seed) -> torch.Tensor:
     return pad
 
 
-def _with_padding_runs(groups: list[list[int]], pad_row: list[bool]) -> list[list[int]]:
-    """Brute force: merge the singleton groups of consecutive padding positions."""
-    out: list[list[int]] = []
-    for group in groups:
-        p = group[0]
-        if len(group) == 1 and pad_row[p] and out and out[-1][-1] == p - 1 and all(pad_row[q] for q in out[-1]):
-            out[-1] = out[-1] + [p]
-        else:
-            out.append(list(group))
-    return out
-
-
 @given(batch_layouts(), RATIOS, SEEDS)
 def test_padding_runs_are_one_group_each(case, ratio, seed):
     layout, seq_len = case
     padding = _padding(layout, seq_len, seed)
     gi = group_index(layout, seq_len, ratio, padding=padding)
     for b, sample in enumerate(layout):
-        expected = _with_padding_runs(reference_groups(sample, seq_len, ratio), padding[b].tolist())
+        expected = reference_groups(sample, seq_len, ratio, padding[b].tolist())
         assert members(gi, b) == expected
     assert gi.num_groups.tolist() == compressed_lengths(layout, seq_len, ratio, padding=padding)
     # The merged group starts with padding, so the compressed mask still hides it: the kept count is unchanged.

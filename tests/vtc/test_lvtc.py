@@ -3,11 +3,11 @@
 Reference values come from brute force over the visual layout (no vtc.ops), on tiny random models.
 """
 
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from references import reference_groups
 from transformers import StaticCache
 
 import vtc
@@ -24,39 +24,6 @@ def lvtc(**kwargs):
 def tiny(family, batch=2, attn="sdpa"):
     model, processor = build_tiny_model(family, attn), build_tiny_processor(family)
     return model, processor, tiny_batch(family, processor, batch=batch)
-
-
-def reference_groups(spans, seq_len, ratio, padding):
-    """Every group's members, by brute force: windows of each grid, runs of grid-less tokens, runs of padding."""
-    side = math.isqrt(ratio)
-    sh, sw = (side, side) if side * side == ratio else (1, ratio)
-    groups, covered = [], set()
-    for span in spans:
-        covered.update(span.positions())
-        if span.grid is None:
-            groups += [list(range(p, min(p + ratio, span.end))) for p in range(span.start, span.end, ratio)]
-            continue
-        h, w = span.grid
-        stride = w + 1 if span.newline else w
-        windows = {}
-        for i in range(h):
-            for j in range(w):
-                windows.setdefault((i // sh, j // sw), []).append(span.start + i * stride + j)
-            if span.newline:
-                groups.append([span.start + i * stride + w])
-        groups += windows.values()
-    run = []
-    for p in range(seq_len):
-        if p in covered:
-            continue
-        if padding[p] and run and run[-1] == p - 1:
-            run.append(p)
-        elif padding[p]:
-            run = [p]
-            groups.append(run)
-        else:
-            groups.append([p])
-    return sorted(groups, key=min)
 
 
 def batch_groups(stats, inputs, ratio):
