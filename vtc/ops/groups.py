@@ -187,14 +187,22 @@ def group_index(layout: BatchLayout, seq_len: int, ratio: int, *, padding: torch
     check_layout(layout, seq_len)
     padding = _check_padding(padding, len(layout), seq_len)
     index, first, size, is_visual = [], [], [], []
+    # Batches often repeat a sample's structure (same image size, same prompt length): group each distinct
+    # (spans, padding) once. This runs on the host before the compressed layers, so on a GPU it is latency.
+    grouped: dict[tuple, tuple[torch.Tensor, ...]] = {}
     for b, sample in enumerate(layout):
-        leader, visual = _leaders(sample, seq_len, ratio, None if padding is None else padding[b])
-        sample_first, sample_index, sample_size = torch.unique(leader, sorted=True, return_inverse=True,
-                                                               return_counts=True)
+        row = None if padding is None else padding[b]
+        key = (sample, None if row is None else row.numpy().tobytes())
+        if key not in grouped:
+            leader, visual = _leaders(sample, seq_len, ratio, row)
+            sample_first, sample_index, sample_size = torch.unique(leader, sorted=True, return_inverse=True,
+                                                                   return_counts=True)
+            grouped[key] = (sample_index, sample_first, sample_size, visual[sample_first])
+        sample_index, sample_first, sample_size, sample_visual = grouped[key]
         index.append(sample_index)
         first.append(sample_first)
         size.append(sample_size)
-        is_visual.append(visual[sample_first])
+        is_visual.append(sample_visual)
 
     num_groups = torch.tensor([len(f) for f in first], dtype=torch.long)
     g = int(num_groups.max())
