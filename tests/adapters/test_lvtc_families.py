@@ -122,9 +122,9 @@ def test_lvtc_on_every_family(family, attn, batch):
     # training: gradient checkpointing gives the gradients of a plain backward
     model.train()
     plain = gradients(model, inputs)
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     checkpointed = gradients(model, inputs)
-    model.gradient_checkpointing_disable()
+    model.activation_checkpointing_disable()
     model.eval()
     assert plain.keys() == checkpointed.keys() and plain
     for name in plain:
