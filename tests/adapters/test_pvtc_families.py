@@ -87,9 +87,10 @@ def test_warm_ratio_1_reproduces_the_unpatched_model(family, attn):
                        reference_generation)
 
 
+@pytest.mark.parametrize("attn", ATTENTION)
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_gradients_reach_only_vtc_parameters(family):
-    model = build_tiny_model(family)
+def test_gradients_reach_only_vtc_parameters(family, attn):
+    model = build_tiny_model(family, attn)
     processor = build_tiny_processor(family)
     vtc.compress(model, vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4)), processor=processor)
     trainable = vtc.mark_only_vtc_trainable(model)
