@@ -388,11 +388,8 @@ class _AnyResAdapter(LlavaLikeAdapter):
                     outputs.append(get_features(**{**arguments, **run_arguments}, **extra_kwargs))
             return outputs[0] if len(outputs) == 1 else concatenate_outputs(outputs)
 
-        # `generate` routes image inputs by this signature, so it must stay the original one.
-        get_image_features.__signature__ = signature
-        get_image_features.__doc__ = get_features.__doc__
         ledger.set_attr(base, "pack_image_features", pack_image_features)
-        ledger.set_attr(base, "get_image_features", get_image_features)
+        ledger.replace_method(base, "get_image_features", get_image_features)
 
     def _rvtc_runs(self, arguments: Mapping[str, Any]) -> list[tuple[Any, dict[str, Any]]]:
         """Split a `get_image_features` call into runs of consecutive samples whose images share their candidates:

@@ -171,9 +171,7 @@ class Qwen2VLAdapter(Adapter):
                 bound.arguments["image_grid_thw"] = grid_thw
             return original(*bound.args, **bound.kwargs)
 
-        get_rope_index.__signature__ = signature
-        get_rope_index.__doc__ = original.__doc__
-        ledger.set_attr(base, "get_rope_index", get_rope_index)
+        ledger.replace_method(base, "get_rope_index", get_rope_index)
 
     def patch_processor_for_pvtc(self, processor: Any, ledger: PatchLedger) -> None:
         def replace_image_token(image_inputs: dict, image_idx: int, **kwargs) -> str:
@@ -280,8 +278,7 @@ class Qwen2VLAdapter(Adapter):
             min_pixels, max_pixels = pixel_budget(height, width, min_pixels, max_pixels)
             return count(height, width, {**images_kwargs, "min_pixels": min_pixels, "max_pixels": max_pixels})
 
-        resize_within_plan.__signature__ = signature
-        ledger.set_attr(image_processor, "resize", resize_within_plan)
+        ledger.replace_method(image_processor, "resize", resize_within_plan)
         ledger.set_attr(image_processor, "get_number_of_image_patches", get_number_of_image_patches)
 
 

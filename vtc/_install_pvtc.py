@@ -90,8 +90,7 @@ def install(model: nn.Module, state: VTCState) -> None:
     projector = build_projector(config, adapter)
     ledger.set_attr(base, PROJECTOR_ATTR, projector)
 
-    original = base.get_image_features
-    signature = inspect.signature(original)
+    signature = inspect.signature(base.get_image_features)
 
     def get_image_features(*args: Any, **kwargs: Any):
         bound = signature.bind_partial(*args, **kwargs).arguments
@@ -105,10 +104,7 @@ def install(model: nn.Module, state: VTCState) -> None:
         features = adapter.vision_features(image_inputs.pop("pixel_values"), **image_inputs)
         return adapter.pvtc_output(_project_items(getattr(base, PROJECTOR_ATTR), adapter, features), features)
 
-    # `generate` routes image inputs by this signature, so it must stay the original one.
-    get_image_features.__signature__ = signature
-    get_image_features.__doc__ = original.__doc__
-    ledger.set_attr(base, "get_image_features", get_image_features)
+    ledger.replace_method(base, "get_image_features", get_image_features)
     adapter.patch_model_for_pvtc(ledger)
     if state.processor is not None:
         adapter.patch_processor_for_pvtc(state.processor, ledger)

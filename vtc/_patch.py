@@ -8,11 +8,16 @@ Three primitives, each recorded with its undo action:
 * `add_hook(handle)`: a removable torch hook; undo calls `handle.remove()`.
 * `call_on_undo(fn)`: anything else (e.g. restoring a tensor in place).
 
+`replace_method(obj, name, replacement)` is `set_attr` for a method: the replacement takes on the original's signature
+and docstring, because transformers routes keyword arguments by `inspect.signature` (e.g. `generate` with
+`get_image_features`).
+
 `rollback()` replays the undo actions in reverse order (LIFO), so layered changes unwind correctly.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +62,13 @@ class PatchLedger:
 
         setattr(obj, name, value)
         self._undo.append((f"set {type(obj).__name__}.{name}", undo))
+
+    def replace_method(self, obj: Any, name: str, replacement: Callable[..., Any]) -> None:
+        """Shadow the method `obj.name` with `replacement`, which shows the original's signature and docstring."""
+        original = getattr(obj, name)
+        replacement.__signature__ = inspect.signature(original)
+        replacement.__doc__ = original.__doc__
+        self.set_attr(obj, name, replacement)
 
     def add_hook(self, handle: Any, description: str) -> None:
         self._undo.append((f"hook {description}", handle.remove))

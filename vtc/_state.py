@@ -121,9 +121,7 @@ def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
             state.pending_image_inputs = adapter.image_inputs_from(flat)
         return original_get_image_features(*args, **kwargs)
 
-    get_image_features.__signature__ = image_signature
-    get_image_features.__doc__ = original_get_image_features.__doc__
-    ledger.set_attr(base, "get_image_features", get_image_features)
+    ledger.replace_method(base, "get_image_features", get_image_features)
 
     def before_forward(_module, args, kwargs):
         bound = forward_signature.bind_partial(*args, **kwargs).arguments

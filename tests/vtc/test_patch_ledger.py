@@ -105,3 +105,21 @@ def test_entries_describe_changes():
     ledger.set_attr(toy, "flag", 1)
     ledger.add_hook(toy.register_forward_hook(lambda *a: None), "observer")
     assert ledger.entries() == ["set Toy.flag", "hook observer"]
+
+
+def test_replace_method_keeps_the_signature_and_doc_and_is_undone():
+    import inspect
+
+    class Model:
+        def features(self, pixel_values, image_sizes=None, **kwargs):
+            """The original."""
+            return "original"
+
+    model = Model()
+    ledger = PatchLedger()
+    ledger.replace_method(model, "features", lambda *args, **kwargs: "replaced")
+    assert model.features(1) == "replaced"
+    assert list(inspect.signature(model.features).parameters) == ["pixel_values", "image_sizes", "kwargs"]
+    assert model.features.__doc__ == "The original."
+    ledger.rollback()
+    assert model.features(1) == "original" and "features" not in vars(model)
