@@ -8,6 +8,7 @@ in the original order.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -15,23 +16,34 @@ from typing import Any
 import torch
 from transformers.utils import ModelOutput
 
-__all__ = ["concatenate_outputs", "consecutive_runs", "swapped_attribute"]
+__all__ = ["attribute_swap_lock", "concatenate_outputs", "consecutive_runs", "swapped_attribute"]
+
+
+#: Held while an attribute is swapped (and while code that reads a swappable attribute runs), so that a thread never
+#: sees another thread's temporary value. Re-entrant: swaps nest within one thread.
+_SWAP_LOCK = threading.RLock()
+
+
+def attribute_swap_lock() -> threading.RLock:
+    """The lock `swapped_attribute` holds: hold it to read, unswapped, an attribute other threads may swap."""
+    return _SWAP_LOCK
 
 
 @contextmanager
 def swapped_attribute(obj: Any, name: str, value: Any) -> Iterator[None]:
     """Set `obj.name = value` inside the block; afterwards the instance is exactly as before (a class-level value
-    shows through again where there was no instance value)."""
-    had_own = name in vars(obj)
-    old = vars(obj).get(name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        if had_own:
-            setattr(obj, name, old)
-        else:
-            delattr(obj, name)
+    shows through again where there was no instance value). Other threads swapping attributes wait for the block."""
+    with _SWAP_LOCK:
+        had_own = name in vars(obj)
+        old = vars(obj).get(name)
+        setattr(obj, name, value)
+        try:
+            yield
+        finally:
+            if had_own:
+                setattr(obj, name, old)
+            else:
+                delattr(obj, name)
 
 
 def consecutive_runs(keys: Sequence[Hashable | None]) -> list[tuple[Hashable | None, int, int]]:

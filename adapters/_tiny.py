@@ -16,6 +16,7 @@ generate is noise. Shapes, token counts, masks and cache behaviour are the same 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "build_tiny_processor",
     "default_image_sizes",
     "image_placeholder",
+    "processor_without_video",
     "tiny_batch",
     "tiny_images",
     "tiny_tokenizer",
@@ -350,11 +352,17 @@ def _image_processor(model_type: str):
     )
 
 
-def _construct_without_video_processor(cls, **kwargs) -> ProcessorMixin:
-    # Without torchvision, ProcessorMixin.__init__ cannot check the class of `video_processor`: the lookup goes through
-    # VIDEO_PROCESSOR_MAPPING, which then raises AttributeError ('_extra_content'), even for None. Shadow the check on
-    # this one instance, during __init__ only, so that a None video processor is accepted. All other arguments are
-    # still checked, nothing in transformers is modified, and the image path stays fully real.
+def processor_without_video(cls: type[ProcessorMixin], **kwargs) -> ProcessorMixin:
+    """Construct the processor class ``cls`` (one that takes a ``video_processor``) with none: images only.
+
+    transformers' video processors need torchvision, which is not a dependency of vtc. The processor works on images,
+    saves with ``save_pretrained`` (its ``processor_config.json`` records ``"video_processor": null``) and loads back
+    with ``vtc.bench.load_processor``.
+    """
+    # ProcessorMixin.__init__ checks each sub-processor's class; without torchvision the lookup for `video_processor`
+    # raises AttributeError ('_extra_content'), even for None. Shadow the check on this one instance, during __init__
+    # only, so that a None video processor is accepted: every other argument is still checked and nothing in
+    # transformers is modified.
     proc = cls.__new__(cls)
     check = proc.check_argument_for_proper_class
 
@@ -368,6 +376,10 @@ def _construct_without_video_processor(cls, **kwargs) -> ProcessorMixin:
         proc.__init__(video_processor=None, **kwargs)
     finally:
         del proc.check_argument_for_proper_class
+    # save_pretrained saves every sub-processor that get_attributes() names and fails on the missing one, so this
+    # instance names only those it has. A partial of `list` (not a lambda) keeps the processor picklable and copyable.
+    present = tuple(name for name in cls.get_attributes() if name != "video_processor")
+    proc.get_attributes = functools.partial(list, present)
     return proc
 
 
@@ -381,7 +393,8 @@ def build_tiny_processor(model_type: str) -> ProcessorMixin:
     * LLaVA-NeXT and OneVision: anyres over ``[[32, 64], [64, 32], [64, 64]]``.
     * Qwen: ``grid_t * grid_h * grid_w / 4``, plus ``mm_token_type_ids``.
 
-    Families with a video processor (InternVL, OneVision, Qwen) get none, so they take images only.
+    Families with a video processor (InternVL, OneVision, Qwen) get none (:func:`processor_without_video`), so they
+    take images only. Every family's processor saves with ``save_pretrained``; ``vtc.bench.load_processor`` loads it.
 
     Raises:
         ValueError: if ``model_type`` is not one of ``TINY_FAMILIES``.
@@ -399,7 +412,7 @@ def build_tiny_processor(model_type: str) -> ProcessorMixin:
             **common, patch_size=_PATCH, vision_feature_select_strategy="default", num_additional_image_tokens=1
         )
     if model_type == "llava_onevision":
-        return _construct_without_video_processor(
+        return processor_without_video(
             tf.LlavaOnevisionProcessor,
             **common,
             num_image_tokens=(_IMAGE_SIZE // _PATCH) ** 2,
@@ -407,9 +420,9 @@ def build_tiny_processor(model_type: str) -> ProcessorMixin:
             vision_aspect_ratio="anyres_max_9",
         )
     if model_type == "internvl":
-        return _construct_without_video_processor(tf.InternVLProcessor, **common, image_seq_length=16)
+        return processor_without_video(tf.InternVLProcessor, **common, image_seq_length=16)
     cls = {"qwen2_vl": tf.Qwen2VLProcessor, "qwen2_5_vl": tf.Qwen2_5_VLProcessor, "qwen3_vl": tf.Qwen3VLProcessor}
-    return _construct_without_video_processor(cls[model_type], **common)
+    return processor_without_video(cls[model_type], **common)
 
 
 # ---------------------------------------------------------------------------------------------------- inputs

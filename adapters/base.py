@@ -10,6 +10,7 @@ registers with `@vtc.register_adapter("model_type")`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -21,11 +22,23 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from vtc._patch import PatchLedger
-from vtc.errors import PlaceholderMismatchError, UnsupportedModelError, UnsupportedVersionError
+from vtc.errors import InputError, PlaceholderMismatchError, UnsupportedModelError, UnsupportedVersionError
 from vtc.layout import BatchLayout, SampleLayout, VisualSpan
 from vtc.ops import pooled_grid
 
-__all__ = ["Adapter", "VisionFeatures", "check_placeholder_count", "shift_spans"]
+__all__ = [
+    "MAKE_INPUTS_WITH_PROCESSOR",
+    "Adapter",
+    "FixedPlaceholders",
+    "VisionFeatures",
+    "check_pixel_tiles",
+    "check_placeholder_count",
+    "shift_spans",
+]
+
+#: The way out of every malformed-input error: the processor makes what the model (and vtc's patch of it) expects.
+MAKE_INPUTS_WITH_PROCESSOR = ("Make the inputs with the model's processor (the one passed to vtc.compress), "
+                              "return_tensors='pt'.")
 
 
 @dataclass
@@ -64,6 +77,51 @@ def check_placeholder_count(placeholders: int, visual_tokens: int) -> None:
         )
 
 
+def check_pixel_tiles(pixel_values: Any, tile: tuple[int, int, int], leading: Sequence[Sequence[str]] = (("n",),),
+                      item: str = "tile") -> None:
+    """Raise `InputError` unless `pixel_values` is a tensor `(*names, channels, height, width)` for one of the
+    `leading` axis names, with `tile == (channels, height, width)`, holding at least one item.
+
+    Run before the vision tower, whose own errors (a convolution's channel count, a reshape to the patch grid) would
+    not say what the model expects.
+
+    Args:
+        pixel_values: the pixel values that reached `get_image_features`.
+        tile: `(channels, height, width)` of one input of the vision tower.
+        leading: the accepted leading axes by name, e.g. `(("images", "crops"), ("crops",))`.
+        item: what one input of the vision tower is called ("tile", "crop", ...).
+    """
+    channels, height, width = tile
+    shapes = " or ".join(f"({', '.join(names)}, {channels}, {height}, {width})" for names in leading)
+    expected = (f"pixel_values of shape {shapes}: this model's vision {item} is {height}x{width} pixels with "
+                f"{channels} channels")
+    if not isinstance(pixel_values, torch.Tensor):
+        raise InputError(f"expected {expected}; got a {type(pixel_values).__name__}. {MAKE_INPUTS_WITH_PROCESSOR}")
+    shape = tuple(pixel_values.shape)
+    if pixel_values.dim() not in {len(names) + 3 for names in leading} or shape[-3:] != tuple(tile):
+        raise InputError(f"expected {expected}; got shape {shape}. {MAKE_INPUTS_WITH_PROCESSOR}")
+    if pixel_values.numel() == 0:
+        raise InputError(f"pixel_values of shape {shape} hold no {item}: pass pixel_values=None with a prompt that "
+                         f"has no image. {MAKE_INPUTS_WITH_PROCESSOR}")
+
+
+class FixedPlaceholders:
+    """A processor's `replace_image_token` that writes the same number of placeholders for every image."""
+
+    def __init__(self, token: str, count: int):
+        self.token, self.count = token, count
+
+    def __call__(self, image_inputs: dict, image_idx: int, **kwargs: Any) -> str:
+        return self.token * self.count
+
+
+class _ConfigOnly:
+    """Stands in for a model where only its config is read (see `Adapter.detached`)."""
+
+    def __init__(self, config: Any):
+        self.config = config
+
+
 def _template_length(spans: Sequence[VisualSpan]) -> int:
     return max(s.end for s in spans)
 
@@ -89,6 +147,17 @@ class Adapter:
 
     def __init__(self, model: nn.Module):
         self.model = model
+
+    def detached(self) -> Adapter:
+        """A copy of this adapter that sees the model's config but not its modules or weights.
+
+        What processor-side patches hold: transformers deep-copies a processor's attributes when it saves or copies
+        it, and a patch that held the model would copy the whole model with it. Only methods that read the config
+        (counts, templates, packing arithmetic) may be called on it.
+        """
+        view = copy.copy(self)
+        view.model = _ConfigOnly(self.model.config)
+        return view
 
     # ------------------------------------------------------------------------------------------------- checks
     def check_model(self) -> None:
@@ -256,6 +325,11 @@ class Adapter:
     def fixed_token_grid(self) -> bool:
         """Whether every tile or crop has exactly `reference_token_grid` (False: each image has its own grid)."""
         return True
+
+    def max_tokens_per_image(self, processor: Any) -> int | None:
+        """For families without a fixed token grid: the most native tokens `processor` gives one image, or `None`
+        when that is unknown (no processor, or one this adapter cannot read). PVTC's ratio may not exceed it."""
+        return None
 
     def pvtc_output(self, tokens: list[torch.Tensor], features: VisionFeatures) -> ModelOutput:
         """What the model's `get_image_features` returns, built from PVTC's tokens.

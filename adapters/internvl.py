@@ -25,9 +25,29 @@ from vtc.layout import SampleLayout, VisualSpan
 from vtc.registry import register_adapter
 from vtc.rvtc import TilePlan, check_budget, plan_tiles, tile_token_grid
 
-from .base import Adapter, VisionFeatures
+from .base import Adapter, VisionFeatures, check_pixel_tiles
 
 __all__ = ["InternVLAdapter"]
+
+
+class _TilePolicy:
+    """The GotOcr2 image processor's tiling under RVTC: every image gets exactly its planned tiles."""
+
+    def __init__(self, config: RVTCConfig, tile_size: int, tokens_per_tile: int):
+        self.config, self.tile_size, self.tokens_per_tile = config, tile_size, tokens_per_tile
+
+    def plan(self, height: int, width: int) -> TilePlan:
+        return plan_tiles(int(width), int(height), self.config, self.tile_size, self.tokens_per_tile)
+
+    # Both image-processor backends pass channels-first images: the size is `shape[-2:]`.
+    def crop_image_to_patches(self, original, images, min_patches, max_patches, use_thumbnail=True, patch_size=None,
+                              resample=None):
+        tiles = self.plan(*images.shape[-2:])
+        return original(images, tiles.tiles, tiles.tiles, use_thumbnail=tiles.thumbnail, patch_size=patch_size,
+                        resample=resample)
+
+    def get_number_of_image_patches(self, original, height: int, width: int, images_kwargs: dict | None = None) -> int:
+        return self.plan(height, width).items
 
 
 @register_adapter("internvl")
@@ -59,7 +79,14 @@ class InternVLAdapter(Adapter):
         (h, w), (sh, sw) = self.patch_grid, self.projector_window
         return h // sh, w // sw
 
+    @property
+    def vision_tile(self) -> tuple[int, int, int]:
+        """`(channels, height, width)` of one tile the vision tower takes."""
+        vc = self.model.config.vision_config
+        return vc.num_channels, vc.image_size[0], vc.image_size[1]
+
     def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
+        check_pixel_tiles(pixel_values, self.vision_tile, leading=(("tiles",),))
         config, tower = self.model.config, self.base_model.vision_tower
         out = tower(pixel_values=pixel_values.to(tower.dtype), output_hidden_states=True, return_dict=True)
         layer = config.vision_feature_layer
@@ -92,11 +119,6 @@ class InternVLAdapter(Adapter):
     def patch_processor_for_pvtc(self, processor: Any, ledger: PatchLedger) -> None:
         h, w = self.token_grid_under_pvtc(self.token_grid)
         ledger.set_attr(processor, "image_seq_length", h * w)
-
-    def patch_model_for_pvtc(self, ledger: PatchLedger) -> None:
-        # Bookkeeping only (the model never reads it), kept in step so that a saved config tells the truth.
-        h, w = self.token_grid_under_pvtc(self.token_grid)
-        ledger.set_attr(self.model.config, "image_seq_length", h * w)
 
     # ------------------------------------------------------------------------------------------------- layout
     def image_templates(self, image_inputs: Mapping[str, Any], num_placeholders: int) -> list[SampleLayout]:
@@ -140,23 +162,9 @@ class InternVLAdapter(Adapter):
         h, w = tile_token_grid(self.token_grid, state.config.pvtc)
         check_budget(config, tile_size, h * w)
 
-        def plan(height: int, width: int) -> TilePlan:
-            return plan_tiles(int(width), int(height), config, tile_size, h * w)
-
-        crop = image_processor.crop_image_to_patches
-
-        # Both image-processor backends pass channels-first images: the size is `shape[-2:]`.
-        def crop_image_to_patches(images, min_patches, max_patches, use_thumbnail=True, patch_size=None,
-                                  resample=None):
-            tiles = plan(*images.shape[-2:])
-            return crop(images, tiles.tiles, tiles.tiles, use_thumbnail=tiles.thumbnail, patch_size=patch_size,
-                        resample=resample)
-
-        def get_number_of_image_patches(height: int, width: int, images_kwargs: dict | None = None) -> int:
-            return plan(height, width).items
-
-        ledger.set_attr(image_processor, "crop_image_to_patches", crop_image_to_patches)
-        ledger.set_attr(image_processor, "get_number_of_image_patches", get_number_of_image_patches)
+        tiling = _TilePolicy(config, tile_size, h * w)
+        ledger.replace_method(image_processor, "crop_image_to_patches", tiling.crop_image_to_patches)
+        ledger.replace_method(image_processor, "get_number_of_image_patches", tiling.get_number_of_image_patches)
         # The crop only runs with tiling on; the bounds are RVTC's, so the processor's own attributes tell the truth.
         ledger.set_attr(image_processor, "crop_to_patches", True)
         ledger.set_attr(image_processor, "min_patches", config.min_tiles)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,15 +29,38 @@ from transformers.models.llava_next.modeling_llava_next import (
 from transformers.utils import ModelOutput
 
 from vtc._patch import PatchLedger
-from vtc.errors import PlaceholderMismatchError, UnsupportedModelError
+from vtc.config import RVTCConfig
+from vtc.errors import InputError, PlaceholderMismatchError, UnsupportedModelError
 from vtc.layout import SampleLayout, VisualSpan
 from vtc.registry import register_adapter
 from vtc.rvtc import check_budget, plan_tiles, tile_token_grid
 
-from ._per_image import concatenate_outputs, consecutive_runs, swapped_attribute
-from .base import Adapter, VisionFeatures
+from ._per_image import attribute_swap_lock, concatenate_outputs, consecutive_runs, swapped_attribute
+from .base import MAKE_INPUTS_WITH_PROCESSOR, Adapter, FixedPlaceholders, VisionFeatures, check_pixel_tiles
 
 __all__ = ["LlavaAdapter", "LlavaNextAdapter", "LlavaOnevisionAdapter"]
+
+
+class PinpointPlan:
+    """Per image `(height, width)`, the pinpoints RVTC allows it (see `_AnyResAdapter.rvtc_install`)."""
+
+    def __init__(self, config: RVTCConfig, tile_size: int, tokens_per_crop: int, native: list[list[int]], crop: int):
+        self.config, self.tile_size, self.tokens_per_crop = config, tile_size, tokens_per_crop
+        self.native, self.crop = native, crop
+        # Asked for every image several times per forward (crops, packing, layout); a value is never mutated, and a
+        # racing thread at worst computes the same entry twice.
+        self._cache: dict[tuple[int, int], list[list[int]]] = {}
+
+    def __call__(self, height: int, width: int) -> list[list[int]]:
+        key = (height, width)
+        if key not in self._cache:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            plan = plan_tiles(width, height, self.config, self.tile_size, self.tokens_per_crop, thumbnail="always")
+            crop, low = self.crop, self.config.min_tiles
+            allowed = [p for p in self.native if low <= -(-p[0] // crop) * -(-p[1] // crop) <= plan.tiles]
+            self._cache[key] = allowed or [[plan.rows * crop, plan.cols * crop]]
+        return self._cache[key]
 
 
 def _split_list(items: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
@@ -77,6 +99,12 @@ class LlavaLikeAdapter(Adapter):
         vc = self.model.config.vision_config
         side = vc.image_size // vc.patch_size
         return side, side
+
+    @property
+    def vision_tile(self) -> tuple[int, int, int]:
+        """`(channels, height, width)` of one crop the vision tower takes."""
+        vc = self.model.config.vision_config
+        return vc.num_channels, vc.image_size, vc.image_size
 
     @property
     def keeps_cls_token(self) -> bool:
@@ -128,6 +156,7 @@ class LlavaAdapter(LlavaLikeAdapter):
     model_class_names = ("LlavaForConditionalGeneration",)
 
     def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
+        check_pixel_tiles(pixel_values, self.vision_tile, leading=(("images",),), item="input")
         patches, cls = self._split_items(self._selected_hidden_states(pixel_values))
         return VisionFeatures(patches=patches, cls=cls, items_per_image=[1] * len(patches))
 
@@ -140,11 +169,7 @@ class LlavaAdapter(LlavaLikeAdapter):
 
     def patch_processor_for_pvtc(self, processor: Any, ledger: PatchLedger) -> None:
         h, w = self.token_grid_under_pvtc(self.patch_grid)
-
-        def replace_image_token(image_inputs: dict, image_idx: int, **kwargs) -> str:
-            return processor.image_token * (h * w)
-
-        ledger.set_attr(processor, "replace_image_token", replace_image_token)
+        ledger.set_attr(processor, "replace_image_token", FixedPlaceholders(processor.image_token, h * w))
 
     def image_templates(self, image_inputs: Mapping[str, Any], num_placeholders: int) -> list[SampleLayout]:
         h, w = self.token_grid_under_pvtc(self.patch_grid)
@@ -227,17 +252,32 @@ class _AnyResAdapter(LlavaLikeAdapter):
         )
 
     def patch_processor_for_pvtc(self, processor: Any, ledger: PatchLedger) -> None:
-        # The count is the length of the packed probe: the packing the model runs, not a re-derived formula.
-        def replace_image_token(image_inputs: dict, image_idx: int, **kwargs) -> str:
-            sizes = image_inputs["image_sizes"]
-            probes = self._pvtc_grids(image_inputs)
-            packed = self._pack_grids([probes[image_idx]], [sizes[image_idx]], torch.ones(1))
-            return processor.image_token * len(packed[0])
+        placeholders = functools.partial(self.detached().pvtc_placeholders, processor.image_token)
+        ledger.set_attr(processor, "replace_image_token", placeholders)
 
-        ledger.set_attr(processor, "replace_image_token", replace_image_token)
+    def pvtc_placeholders(self, token: str, image_inputs: dict, image_idx: int, **kwargs: Any) -> str:
+        """The processor's `replace_image_token` under PVTC. The count is the length of the packed probe: the
+        packing the model runs, not a re-derived formula."""
+        sizes = image_inputs["image_sizes"]
+        probes = self._pvtc_grids(image_inputs)
+        packed = self._pack_grids([probes[image_idx]], [sizes[image_idx]], torch.ones(1))
+        return token * len(packed[0])
 
     def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
+        check_pixel_tiles(pixel_values, self.vision_tile, leading=(("images", "crops"), ("crops",)), item="crop")
+        if image_inputs.get("image_sizes") is None:
+            raise InputError("pixel_values reached the model without image_sizes, which decide each image's crops: "
+                             f"pass the processor's full output to the model. {MAKE_INPUTS_WITH_PROCESSOR}")
         crops = self._crops_per_image(image_inputs)
+        # Every crop image_sizes calls for must be there: a missing one would shift the crops of every later image.
+        if pixel_values.dim() == 5:
+            complete = len(pixel_values) == len(crops) and pixel_values.shape[1] >= max(crops)
+        else:
+            complete = len(pixel_values) == sum(crops)
+        if not complete:
+            raise InputError(f"pixel_values of shape {tuple(pixel_values.shape)} do not hold the crops image_sizes "
+                             f"calls for, {crops} per image: expected shape ({len(crops)}, >= "
+                             f"{max(crops, default=0)}, ...) or ({sum(crops)}, ...). {MAKE_INPUTS_WITH_PROCESSOR}")
         if pixel_values.dim() == 5:  # (images, max_crops, 3, s, s), padded: keep each image's real crops
             pixel_values = torch.cat([pv[:n] for pv, n in zip(pixel_values, crops)], dim=0)
         patches, cls = self._split_items(self._selected_hidden_states(pixel_values))
@@ -280,8 +320,8 @@ class _AnyResAdapter(LlavaLikeAdapter):
         return base + (VisualSpan(h * w, rows * (cols + 1), (rows, cols), newline=True),)
 
     # ------------------------------------------------------------------------------------------------- RVTC
-    #: Per image `(height, width)`, the pinpoints RVTC allows it, or `None` when RVTC is off; set through the ledger.
-    rvtc_pinpoints: Callable[[int, int], list[list[int]]] | None = None
+    #: The pinpoints RVTC allows each image (a `PinpointPlan`), or `None` when RVTC is off; set through the ledger.
+    rvtc_pinpoints: PinpointPlan | None = None
 
     def grid_pinpoints_for(self, image_size) -> list[list[int]]:
         """The resolutions `[height, width]` an image of `image_size` `(height, width)` may be tiled to: the config's
@@ -301,6 +341,9 @@ class _AnyResAdapter(LlavaLikeAdapter):
         the image processor (cropping), the processor (placeholder count) and the model (which recomputes the crops
         from `image_sizes`) derive the same ones. The base crop is the thumbnail: always present, counted in a
         budget. No image gets more crops than the unpatched model gives it, unless that is fewer than `min_tiles`.
+
+        The model reads the candidates from its config, which is swapped per run of images under a lock: threads
+        sharing the model take turns through the vision encoder while RVTC is on.
         """
         config, ledger, processor = state.config.rvtc, state.ledger, state.processor
         crop = self.model.config.vision_config.image_size
@@ -311,18 +354,13 @@ class _AnyResAdapter(LlavaLikeAdapter):
         check_budget(config, tile_size, tokens_per_crop, thumbnail="always")
         native = [list(p) for p in self.model.config.image_grid_pinpoints]
 
-        # Asked for every image several times per forward (crops, packing, layout): cached by size, never mutated.
-        @functools.lru_cache(maxsize=1024)
-        def pinpoints(height: int, width: int) -> list[list[int]]:
-            plan = plan_tiles(width, height, config, tile_size, tokens_per_crop, thumbnail="always")
-            allowed = [p for p in native if config.min_tiles <= -(-p[0] // crop) * -(-p[1] // crop) <= plan.tiles]
-            return allowed or [[plan.rows * crop, plan.cols * crop]]
-
         image_patches = self._rvtc_image_patches_seam(processor.image_processor)
-        ledger.set_attr(self, "rvtc_pinpoints", pinpoints)
-        self._rvtc_patch_image_processor(processor.image_processor, image_patches, ledger)
-        self._rvtc_patch_processor(processor, ledger)
-        self._rvtc_patch_model(ledger)
+        ledger.set_attr(self, "rvtc_pinpoints", PinpointPlan(config, tile_size, tokens_per_crop, native, crop))
+        view = self.detached()
+        ledger.replace_method(processor.image_processor, image_patches, view.rvtc_image_patches)
+        ledger.replace_method(processor, "_get_number_of_features", view.rvtc_number_of_features)
+        ledger.replace_method(self.base_model, "pack_image_features", self.rvtc_pack_image_features)
+        ledger.replace_method(self.base_model, "get_image_features", self.rvtc_get_image_features)
 
     @staticmethod
     def _rvtc_image_patches_seam(image_processor: Any) -> str:
@@ -335,61 +373,44 @@ class _AnyResAdapter(LlavaLikeAdapter):
             f"{type(image_processor).__name__}"
         )
 
-    def _rvtc_patch_image_processor(self, image_processor: Any, name: str, ledger: PatchLedger) -> None:
-        image_patches = getattr(image_processor, name)
+    def rvtc_image_patches(self, original, image, grid_pinpoints, *args, **kwargs):
+        """The image processor's per-image tiling, with the image's own candidates (channels-first images)."""
+        return original(image, self.grid_pinpoints_for(image.shape[-2:]), *args, **kwargs)
 
-        # Images are channels-first in both backends: the size is `shape[-2:]`.
-        def image_patches_for_rvtc(image, grid_pinpoints, *args, **kwargs):
-            return image_patches(image, self.grid_pinpoints_for(image.shape[-2:]), *args, **kwargs)
+    def rvtc_number_of_features(self, original, orig_height: int, orig_width: int, height: int, width: int) -> int:
+        """The processor's placeholder count of one image, with the image's own candidates."""
+        candidates = self.grid_pinpoints_for((orig_height, orig_width))
+        with swapped_attribute(original.__self__.image_processor, "image_grid_pinpoints", candidates):
+            return original(orig_height, orig_width, height, width)
 
-        ledger.set_attr(image_processor, name, image_patches_for_rvtc)
+    def _image_pinpoints(self, candidates):
+        """The model's config showing `candidates` inside the block; other threads wait outside it."""
+        if candidates is None:  # images that are not tiled (several images in one OneVision sample)
+            return attribute_swap_lock()
+        return swapped_attribute(self.model.config, "image_grid_pinpoints", [list(p) for p in candidates])
 
-    def _rvtc_patch_processor(self, processor: Any, ledger: PatchLedger) -> None:
-        count = processor._get_number_of_features
+    def rvtc_pack_image_features(self, original, image_features, image_sizes, *args, **kwargs):
+        """`pack_image_features`, image by image, each with its own candidates."""
+        packed, lengths = [], []
+        for i in range(len(image_features)):
+            with self._image_pinpoints(self.grid_pinpoints_for(image_sizes[i])):
+                features, feature_lens = original(image_features[i:i + 1], image_sizes[i:i + 1], *args, **kwargs)
+            packed.extend(features)
+            lengths.append(feature_lens)
+        return packed, torch.cat(lengths)
 
-        def _get_number_of_features(orig_height: int, orig_width: int, height: int, width: int) -> int:
-            candidates = self.grid_pinpoints_for((orig_height, orig_width))
-            with swapped_attribute(processor.image_processor, "image_grid_pinpoints", candidates):
-                return count(orig_height, orig_width, height, width)
-
-        ledger.set_attr(processor, "_get_number_of_features", _get_number_of_features)
-
-    def _rvtc_patch_model(self, ledger: PatchLedger) -> None:
-        """Give `pack_image_features` and `get_image_features` each image's candidates in `config`, run by run."""
-        base, config = self.base_model, self.model.config
-
-        def image_pinpoints(candidates):
-            if candidates is None:  # images that are not tiled (several images in one OneVision sample)
-                return nullcontext()
-            return swapped_attribute(config, "image_grid_pinpoints", [list(p) for p in candidates])
-
-        pack = base.pack_image_features
-
-        def pack_image_features(image_features, image_sizes, *args, **kwargs):
-            packed, lengths = [], []
-            for i in range(len(image_features)):
-                with image_pinpoints(self.grid_pinpoints_for(image_sizes[i])):
-                    features, feature_lens = pack(image_features[i:i + 1], image_sizes[i:i + 1], *args, **kwargs)
-                packed.extend(features)
-                lengths.append(feature_lens)
-            return packed, torch.cat(lengths)
-
-        get_features = base.get_image_features
-        signature = inspect.signature(get_features)
+    def rvtc_get_image_features(self, original, *args, **kwargs):
+        """`get_image_features`, run by run of consecutive samples whose images share their candidates."""
+        signature = inspect.signature(original)
         extra = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
-
-        def get_image_features(*args, **kwargs):
-            arguments = dict(signature.bind(*args, **kwargs).arguments)
-            extra_kwargs = arguments.pop(extra, {}) if extra else {}
-            outputs = []
-            # by keyword: the model's own decorators re-bind the call against their own view of the signature
-            for candidates, run_arguments in self._rvtc_runs(arguments):
-                with image_pinpoints(candidates):
-                    outputs.append(get_features(**{**arguments, **run_arguments}, **extra_kwargs))
-            return outputs[0] if len(outputs) == 1 else concatenate_outputs(outputs)
-
-        ledger.set_attr(base, "pack_image_features", pack_image_features)
-        ledger.replace_method(base, "get_image_features", get_image_features)
+        arguments = dict(signature.bind(*args, **kwargs).arguments)
+        extra_kwargs = arguments.pop(extra, {}) if extra else {}
+        outputs = []
+        # by keyword: the model's own decorators re-bind the call against their own view of the signature
+        for candidates, run_arguments in self._rvtc_runs(arguments):
+            with self._image_pinpoints(candidates):
+                outputs.append(original(**{**arguments, **run_arguments}, **extra_kwargs))
+        return outputs[0] if len(outputs) == 1 else concatenate_outputs(outputs)
 
     def _rvtc_runs(self, arguments: Mapping[str, Any]) -> list[tuple[Any, dict[str, Any]]]:
         """Split a `get_image_features` call into runs of consecutive samples whose images share their candidates:

@@ -12,6 +12,7 @@ Seams (transformers 5.23, `models/qwen2_vl`, `qwen2_5_vl`, `qwen3_vl`):
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -27,13 +28,13 @@ from transformers.vision_utils import get_vision_window_index
 
 from vtc._patch import PatchLedger
 from vtc.config import RVTCConfig
-from vtc.errors import ConfigError, PlaceholderMismatchError, UnsupportedModelError
+from vtc.errors import ConfigError, InputError, PlaceholderMismatchError, UnsupportedModelError
 from vtc.layout import SampleLayout, VisualSpan
 from vtc.ops import average_token_windows, pooled_grid
 from vtc.registry import register_adapter
 from vtc.rvtc import check_budget, plan_tiles, tile_token_grid
 
-from .base import Adapter, VisionFeatures, check_placeholder_count
+from .base import MAKE_INPUTS_WITH_PROCESSOR, Adapter, VisionFeatures, check_placeholder_count
 
 __all__ = ["Qwen2VLAdapter", "Qwen2_5_VLAdapter", "Qwen3VLAdapter"]
 
@@ -50,7 +51,7 @@ class Qwen2VLAdapter(Adapter):
 
     @property
     def merge_size(self) -> int:
-        return self.visual.spatial_merge_size
+        return self.model.config.vision_config.spatial_merge_size
 
     @property
     def projector(self) -> nn.Module:
@@ -69,39 +70,61 @@ class Qwen2VLAdapter(Adapter):
         return True
 
     # ------------------------------------------------------------------------------------------------- vision
-    def _merger_inputs(self) -> dict[str, nn.Module]:
-        """The modules whose inputs are the patch features: the merger (and DeepStack mergers in Qwen3-VL)."""
-        return {"merger": self.visual.merger}
+    def _merger_inputs(self, output: ModelOutput) -> dict[str, torch.Tensor]:
+        """The patch features the merger consumes (and, in Qwen3-VL, each DeepStack merger), from the tower's output
+        with its hidden states."""
+        return {"merger": output.last_hidden_state}
 
     def _to_merge_order(self, rows: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Undo any reordering the tower applied before its merger (identity here; windows in Qwen2.5-VL)."""
         return rows
 
     def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
-        grid_thw = image_inputs["image_grid_thw"]
-        captured: dict[str, torch.Tensor] = {}
-        handles = [
-            module.register_forward_pre_hook(lambda _m, args, name=name: captured.__setitem__(name, args[0]))
-            for name, module in self._merger_inputs().items()
-        ]
-        try:
-            self.visual(pixel_values.to(self.visual.dtype), grid_thw=grid_thw)
-        finally:
-            for handle in handles:
-                handle.remove()
-        grids = [self._check_image_grid(g) for g in grid_thw.tolist()]
-        per_name = {name: self._to_grids(self._to_merge_order(rows, grid_thw), grids) for name, rows in captured.items()}
+        grid_thw = image_inputs.get("image_grid_thw")
+        grids = self._check_image_inputs(pixel_values, grid_thw)
+        output = self.visual(pixel_values.to(self.visual.dtype), grid_thw=grid_thw, output_hidden_states=True,
+                             return_dict=True)
+        per_name = {name: self._to_grids(self._to_merge_order(rows, grid_thw), grids)
+                    for name, rows in self._merger_inputs(output).items()}
         patches = per_name.pop("merger")
         extra = {"deepstack": [per_name[k] for k in sorted(per_name)]} if per_name else {}
         return VisionFeatures(
             patches=patches, cls=None, items_per_image=[1] * len(patches), extra=extra, image_inputs=dict(image_inputs)
         )
 
-    @staticmethod
-    def _check_image_grid(grid: list[int]) -> tuple[int, int]:
+    def _check_image_inputs(self, pixel_values: Any, grid_thw: Any) -> list[tuple[int, int]]:
+        """Each image's patch grid `(h, w)`, once the inputs are known to be shaped as the processor makes them:
+        `image_grid_thw` one row `(1, h, w)` per image, and `pixel_values` one row of `channels * temporal_patch *
+        patch^2` values per patch. The tower itself would fail on anything else with a bare reshape error."""
+        is_grid = isinstance(grid_thw, torch.Tensor) and grid_thw.dim() == 2 and grid_thw.shape[1] == 3
+        if not is_grid or not len(grid_thw):
+            got = tuple(grid_thw.shape) if isinstance(grid_thw, torch.Tensor) else grid_thw
+            raise InputError(f"expected image_grid_thw of shape (images, 3) with at least one image next to "
+                             f"pixel_values, got {got}: pass the processor's full output (pixel_values and "
+                             f"image_grid_thw) to the model. {MAKE_INPUTS_WITH_PROCESSOR}")
+        grids = [self._check_image_grid(g) for g in grid_thw.tolist()]
+        vc = self.model.config.vision_config
+        row = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
+        patches = sum(h * w for h, w in grids)
+        # The tower views the pixels as rows of `row` values: any leading shape with that many values is accepted.
+        if (not isinstance(pixel_values, torch.Tensor) or tuple(pixel_values.shape[-1:]) != (row,)
+                or pixel_values.numel() != patches * row):
+            got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise InputError(
+                f"expected pixel_values of shape ({patches}, {row}) for image_grid_thw {grid_thw.tolist()}: one row "
+                f"per patch of {vc.in_channels} channels x {vc.temporal_patch_size} frames x {vc.patch_size}x"
+                f"{vc.patch_size} pixels; got {got}. {MAKE_INPUTS_WITH_PROCESSOR}"
+            )
+        return grids
+
+    def _check_image_grid(self, grid: list[int]) -> tuple[int, int]:
         t, h, w = grid
         if t != 1:
-            raise PlaceholderMismatchError(f"an image grid_thw must have t=1, got {grid} (videos are not supported)")
+            raise InputError(f"an image grid_thw must have t=1, got {grid} (videos are not supported)")
+        m = self.merge_size
+        if min(h, w) < 1 or h % m or w % m:
+            raise InputError(f"an image grid_thw (1, h, w) needs h and w positive multiples of the merge size {m}, "
+                             f"got {grid}. {MAKE_INPUTS_WITH_PROCESSOR}")
         return h, w
 
     def _to_grids(self, rows: torch.Tensor, grids: list[tuple[int, int]]) -> list[torch.Tensor]:
@@ -139,6 +162,15 @@ class Qwen2VLAdapter(Adapter):
     def fixed_token_grid(self) -> bool:
         return False
 
+    def max_tokens_per_image(self, processor: Any) -> int | None:
+        # `smart_resize` keeps every image within the image processor's `max_pixels` (`size["longest_edge"]`), cut into
+        # blocks of `patch * merge` pixels a side, one native token each.
+        try:
+            max_pixels = int(processor.image_processor.size["longest_edge"])
+        except (AttributeError, KeyError, TypeError):
+            return None
+        return max(1, max_pixels // self.rvtc_factor**2)
+
     def _grid_thw_under_pvtc(self, grid_thw: torch.Tensor) -> torch.Tensor:
         """`image_grid_thw` (patch units) of images whose merged grid is PVTC's token grid."""
         m, rows = self.merge_size, []
@@ -153,32 +185,31 @@ class Qwen2VLAdapter(Adapter):
     def patch_model_for_pvtc(self, ledger: PatchLedger) -> None:
         # The 3-axis positions of an image span its token grid: under PVTC the pooled grid. `image_grid_thw` itself
         # cannot change (the vision tower consumes it), so only the position index sees the pooled grid.
-        base = self.base_model
-        original = base.get_rope_index
-        signature = inspect.signature(original)
+        ledger.replace_method(self.base_model, "get_rope_index", self.pvtc_rope_index)
 
-        def get_rope_index(*args, **kwargs):
-            bound = signature.bind(*args, **kwargs)
-            grid_thw = bound.arguments.get("image_grid_thw")
-            if grid_thw is not None:
-                grid_thw = self._grid_thw_under_pvtc(grid_thw)
-                # generate builds positions before the first forward: this is the first place a prompt processed
-                # without the patched processor shows, and the index would fail with an opaque shape error.
-                input_ids = bound.arguments.get("input_ids")
-                if input_ids is not None:
-                    placeholders = int((input_ids == self.image_token_id).sum())
-                    check_placeholder_count(placeholders, int(grid_thw.prod(-1).sum()) // self.merge_size**2)
-                bound.arguments["image_grid_thw"] = grid_thw
-            return original(*bound.args, **bound.kwargs)
-
-        ledger.replace_method(base, "get_rope_index", get_rope_index)
+    def pvtc_rope_index(self, original, *args, **kwargs):
+        """`get_rope_index` on the pooled grids."""
+        bound = inspect.signature(original).bind(*args, **kwargs)
+        grid_thw = bound.arguments.get("image_grid_thw")
+        if grid_thw is not None:
+            grid_thw = self._grid_thw_under_pvtc(grid_thw)
+            # generate builds positions before the first forward: this is the first place a prompt processed
+            # without the patched processor shows, and the index would fail with an opaque shape error.
+            input_ids = bound.arguments.get("input_ids")
+            if input_ids is not None:
+                placeholders = int((input_ids == self.image_token_id).sum())
+                check_placeholder_count(placeholders, int(grid_thw.prod(-1).sum()) // self.merge_size**2)
+            bound.arguments["image_grid_thw"] = grid_thw
+        return original(*bound.args, **bound.kwargs)
 
     def patch_processor_for_pvtc(self, processor: Any, ledger: PatchLedger) -> None:
-        def replace_image_token(image_inputs: dict, image_idx: int, **kwargs) -> str:
-            t, h, w = self._grid_thw_under_pvtc(image_inputs["image_grid_thw"][image_idx][None])[0].tolist()
-            return processor.image_token * (t * h * w // self.merge_size**2)
+        placeholders = functools.partial(self.detached().pvtc_placeholders, processor.image_token)
+        ledger.set_attr(processor, "replace_image_token", placeholders)
 
-        ledger.set_attr(processor, "replace_image_token", replace_image_token)
+    def pvtc_placeholders(self, token: str, image_inputs: dict, image_idx: int, **kwargs: Any) -> str:
+        """The processor's `replace_image_token` under PVTC: one placeholder per token of the pooled grid."""
+        t, h, w = self._grid_thw_under_pvtc(image_inputs["image_grid_thw"][image_idx][None])[0].tolist()
+        return token * (t * h * w // self.merge_size**2)
 
     # ------------------------------------------------------------------------------------------------- layout
     def image_templates(self, image_inputs: Mapping[str, Any], num_placeholders: int) -> list[SampleLayout]:
@@ -237,49 +268,58 @@ class Qwen2VLAdapter(Adapter):
         check_budget(config, tile_size, gh * gw, thumbnail="never")
         window = 1 if state.config.pvtc is None else state.config.pvtc.window
 
-        def visual_tokens(height: int, width: int, min_pixels: int, max_pixels: int) -> int:
-            resized = smart_resize(height, width, factor, min_pixels=min_pixels, max_pixels=max_pixels)
-            th, tw = pooled_grid((resized[0] // factor, resized[1] // factor), (window, window))
-            return th * tw
+        budget = _PixelBudget(config, factor, tile_size, gh * gw, window)
+        ledger.replace_method(image_processor, "resize", budget.resize)
+        ledger.replace_method(image_processor, "get_number_of_image_patches", budget.get_number_of_image_patches)
 
-        def pixel_budget(height: int, width: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-            plan = plan_tiles(int(width), int(height), config, tile_size, gh * gw, thumbnail="never")
-            max_pixels = min(max_pixels, plan.tiles * tile_size * tile_size)
-            while config.mode == "budget":
-                tokens = visual_tokens(height, width, min(min_pixels, max_pixels), max_pixels)
-                if tokens <= config.max_visual_tokens:
-                    break
-                if max_pixels <= factor * factor:
-                    raise ConfigError("rvtc.max_visual_tokens", config.max_visual_tokens,
-                                      f">= {tokens} for a {width}x{height} image on this model",
-                                      hint="Its aspect ratio needs that many tokens even at the smallest size.")
-                max_pixels = min(max_pixels - 1, max(factor * factor, max_pixels * config.max_visual_tokens // tokens))
-            return min(min_pixels, max_pixels), max_pixels
 
-        resize = image_processor.resize
-        signature = inspect.signature(resize)
+class _PixelBudget:
+    """Per image, the `(min_pixels, max_pixels)` RVTC allows it (see `Qwen2VLAdapter.rvtc_install`), applied to the
+    image processor's `resize` and to its placeholder count alike."""
+
+    def __init__(self, config: RVTCConfig, factor: int, tile_size: int, tokens_per_tile: int, window: int):
+        self.config, self.factor, self.tile_size = config, factor, tile_size
+        self.tokens_per_tile, self.window = tokens_per_tile, window
+
+    def visual_tokens(self, height: int, width: int, min_pixels: int, max_pixels: int) -> int:
+        factor = self.factor
+        resized = smart_resize(height, width, factor, min_pixels=min_pixels, max_pixels=max_pixels)
+        th, tw = pooled_grid((resized[0] // factor, resized[1] // factor), (self.window, self.window))
+        return th * tw
+
+    def pixels(self, height: int, width: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+        config, factor, tile_size = self.config, self.factor, self.tile_size
+        plan = plan_tiles(int(width), int(height), config, tile_size, self.tokens_per_tile, thumbnail="never")
+        max_pixels = min(max_pixels, plan.tiles * tile_size * tile_size)
+        while config.mode == "budget":
+            tokens = self.visual_tokens(height, width, min(min_pixels, max_pixels), max_pixels)
+            if tokens <= config.max_visual_tokens:
+                break
+            if max_pixels <= factor * factor:
+                raise ConfigError("rvtc.max_visual_tokens", config.max_visual_tokens,
+                                  f">= {tokens} for a {width}x{height} image on this model",
+                                  hint="Its aspect ratio needs that many tokens even at the smallest size.")
+            max_pixels = min(max_pixels - 1, max(factor * factor, max_pixels * config.max_visual_tokens // tokens))
+        return min(min_pixels, max_pixels), max_pixels
+
+    def resize(self, original, *args, **kwargs):
+        signature = inspect.signature(original)
         image_name = next(iter(signature.parameters))  # `image` (PIL backend) or `images` (torchvision backend)
+        bound = signature.bind(*args, **kwargs)
+        size = bound.arguments["size"]
+        if getattr(size, "shortest_edge", None) and getattr(size, "longest_edge", None):
+            height, width = bound.arguments[image_name].shape[-2:]  # channels-first in both backends
+            min_pixels, max_pixels = self.pixels(height, width, size.shortest_edge, size.longest_edge)
+            bound.arguments["size"] = SizeDict(shortest_edge=min_pixels, longest_edge=max_pixels)
+        return original(*bound.args, **bound.kwargs)
 
-        def resize_within_plan(*args, **kwargs):
-            bound = signature.bind(*args, **kwargs)
-            size = bound.arguments["size"]
-            if getattr(size, "shortest_edge", None) and getattr(size, "longest_edge", None):
-                height, width = bound.arguments[image_name].shape[-2:]  # channels-first in both backends
-                min_pixels, max_pixels = pixel_budget(height, width, size.shortest_edge, size.longest_edge)
-                bound.arguments["size"] = SizeDict(shortest_edge=min_pixels, longest_edge=max_pixels)
-            return resize(*bound.args, **bound.kwargs)
-
-        count = image_processor.get_number_of_image_patches
-
-        def get_number_of_image_patches(height: int, width: int, images_kwargs: dict | None = None) -> int:
-            images_kwargs = dict(images_kwargs or {})
-            min_pixels = images_kwargs.get("min_pixels", image_processor.size["shortest_edge"])
-            max_pixels = images_kwargs.get("max_pixels", image_processor.size["longest_edge"])
-            min_pixels, max_pixels = pixel_budget(height, width, min_pixels, max_pixels)
-            return count(height, width, {**images_kwargs, "min_pixels": min_pixels, "max_pixels": max_pixels})
-
-        ledger.replace_method(image_processor, "resize", resize_within_plan)
-        ledger.set_attr(image_processor, "get_number_of_image_patches", get_number_of_image_patches)
+    def get_number_of_image_patches(self, original, height: int, width: int, images_kwargs: dict | None = None) -> int:
+        image_processor = original.__self__
+        images_kwargs = dict(images_kwargs or {})
+        min_pixels = images_kwargs.get("min_pixels", image_processor.size["shortest_edge"])
+        max_pixels = images_kwargs.get("max_pixels", image_processor.size["longest_edge"])
+        min_pixels, max_pixels = self.pixels(height, width, min_pixels, max_pixels)
+        return original(height, width, {**images_kwargs, "min_pixels": min_pixels, "max_pixels": max_pixels})
 
 
 @register_adapter("qwen2_5_vl")
@@ -310,11 +350,12 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     def visual_injection_layers(self) -> int:
         return self.deepstack_layers
 
-    def _merger_inputs(self) -> dict[str, nn.Module]:
-        mergers = {"merger": self.visual.merger}
-        for i, module in enumerate(self.visual.deepstack_merger_list):
-            mergers[f"deepstack_{i:02d}"] = module
-        return mergers
+    def _merger_inputs(self, output: ModelOutput) -> dict[str, torch.Tensor]:
+        # `hidden_states[i + 1]` is the output of block i, which DeepStack merger k reads for block index k.
+        inputs = {"merger": output.last_hidden_state}
+        for k, block in enumerate(self.visual.deepstack_visual_indexes):
+            inputs[f"deepstack_{k:02d}"] = output.hidden_states[block + 1]
+        return inputs
 
     def project_deepstack(self, features: VisionFeatures) -> list[list[torch.Tensor]]:
         """The DeepStack features per level and image, from `features.extra["deepstack"]`.

@@ -9,7 +9,14 @@
 from . import rvtc
 from .api import compress, get_config, is_compressed, last_stats, unpatch
 from .config import LVTCConfig, PVTCConfig, RVTCConfig, VTCConfig
-from .errors import ConfigError, PlaceholderMismatchError, UnsupportedModelError, UnsupportedVersionError, VTCError
+from .errors import (
+    ConfigError,
+    InputError,
+    PlaceholderMismatchError,
+    UnsupportedModelError,
+    UnsupportedVersionError,
+    VTCError,
+)
 from .pvtc import PVTCProjector
 from .registry import register_adapter, supported_models
 from .training import load_pretrained, mark_only_vtc_trainable, save_pretrained
@@ -18,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "InputError",
     "LVTCConfig",
     "PVTCConfig",
     "PVTCProjector",

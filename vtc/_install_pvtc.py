@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._state import VTCState
+from ._state import STATE_ATTR, VTCState
 from .config import PVTCConfig
 from .errors import ConfigError
 from .pvtc import PVTCProjector
@@ -33,18 +33,39 @@ def _global_query(config: PVTCConfig, adapter) -> str:
     return config.global_query
 
 
+def _processor_being_patched(adapter) -> Any:
+    # `validate` is handed the adapter alone; `compress` records its state, with the processor it patches, on the
+    # model before any component installs.
+    state = adapter.model.__dict__.get(STATE_ATTR)
+    return None if state is None else state.processor
+
+
 def validate(config: PVTCConfig, adapter) -> None:
-    """Raise `ConfigError` if `config` cannot apply to the adapter's model (before anything is changed)."""
+    """Raise `ConfigError` if `config` cannot apply to the adapter's model (before anything is changed).
+
+    The ratio may not exceed the native tokens of one tile (families with a fixed token grid) or the most native
+    tokens the processor being patched gives one image (the others; without a processor only `PVTCConfig.MAX_RATIO`
+    bounds it): a window larger than every image has nothing left to compress, and would only pad every image.
+    """
     width = adapter.text_config.hidden_size
     if width % config.num_heads:
         divisors = [d for d in (1, 2, 4, 8, 16, 32) if width % d == 0]
         raise ConfigError("pvtc.num_heads", config.num_heads, f"a divisor of the language width {width}",
                           hint=f"e.g. {', '.join(map(str, divisors))}.")
+    if round(width * config.mlp_ratio) < 1:  # the width `RegionCrossAttention` gives its MLP
+        raise ConfigError("pvtc.mlp_ratio", config.mlp_ratio, f">= 1/{width} for the language width {width}",
+                          hint="A smaller ratio leaves the MLP without a single unit.")
     if adapter.fixed_token_grid:
         h, w = adapter.reference_token_grid
         if config.ratio > h * w:
             raise ConfigError("pvtc.ratio", config.ratio, f"at most {h * w}: the model makes {h}x{w} tokens per tile",
                               hint="A window larger than the whole tile has nothing left to compress.")
+    else:
+        limit = adapter.max_tokens_per_image(_processor_being_patched(adapter))
+        if limit is not None and config.ratio > limit:
+            raise ConfigError("pvtc.ratio", config.ratio,
+                              f"at most {limit}: the processor gives an image at most {limit} tokens",
+                              hint="A window larger than the whole image has nothing left to compress.")
     _global_query(config, adapter)
 
 
@@ -81,6 +102,27 @@ def _project_items(projector: PVTCProjector, adapter, features) -> list[torch.Te
     return tokens
 
 
+class _PVTCImageFeatures:
+    """`get_image_features` under PVTC: the vision features of the adapter, then the projector `vtc_pvtc`."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+
+    def get_image_features(self, original, *args: Any, **kwargs: Any):
+        adapter = self.adapter
+        bound = inspect.signature(original).bind_partial(*args, **kwargs).arguments
+        layer = bound.get("vision_feature_layer")
+        configured = getattr(adapter.model.config, "vision_feature_layer", None)
+        if layer is not None and layer != configured:
+            # the adapter reads the vision features at the configured layer: anything else would be ignored silently
+            raise ConfigError("vision_feature_layer", layer, f"the model config's value {configured!r} under PVTC",
+                              hint="Set model.config.vision_feature_layer before vtc.compress instead.")
+        image_inputs = adapter.image_inputs_from({**bound.pop("kwargs", {}), **bound})
+        features = adapter.vision_features(image_inputs.pop("pixel_values"), **image_inputs)
+        projector = getattr(adapter.base_model, PROJECTOR_ATTR)
+        return adapter.pvtc_output(_project_items(projector, adapter, features), features)
+
+
 def install(model: nn.Module, state: VTCState) -> None:
     """Apply `state.config.pvtc` to `model` (and `state.processor`), recording every change in `state.ledger`."""
     config, adapter, ledger = state.config.pvtc, state.adapter, state.ledger
@@ -90,21 +132,7 @@ def install(model: nn.Module, state: VTCState) -> None:
     projector = build_projector(config, adapter)
     ledger.set_attr(base, PROJECTOR_ATTR, projector)
 
-    signature = inspect.signature(base.get_image_features)
-
-    def get_image_features(*args: Any, **kwargs: Any):
-        bound = signature.bind_partial(*args, **kwargs).arguments
-        layer = bound.get("vision_feature_layer")
-        configured = getattr(model.config, "vision_feature_layer", None)
-        if layer is not None and layer != configured:
-            # the adapter reads the vision features at the configured layer: anything else would be ignored silently
-            raise ConfigError("vision_feature_layer", layer, f"the model config's value {configured!r} under PVTC",
-                              hint="Set model.config.vision_feature_layer before vtc.compress instead.")
-        image_inputs = adapter.image_inputs_from({**bound.pop("kwargs", {}), **bound})
-        features = adapter.vision_features(image_inputs.pop("pixel_values"), **image_inputs)
-        return adapter.pvtc_output(_project_items(getattr(base, PROJECTOR_ATTR), adapter, features), features)
-
-    ledger.replace_method(base, "get_image_features", get_image_features)
+    ledger.replace_method(base, "get_image_features", _PVTCImageFeatures(adapter).get_image_features)
     adapter.patch_model_for_pvtc(ledger)
     if state.processor is not None:
         adapter.patch_processor_for_pvtc(state.processor, ledger)

@@ -1,11 +1,15 @@
 """Per-model state of a compressed model, stored on `model._vtc_state`, and the instrumentation that fills its stats.
 
-Nothing here is global: every piece of per-forward state lives on the model's own `VTCState`.
+Nothing here is global, and nothing about one forward is kept on a shared object: the configuration, the adapter
+and the ledger live on the model's `VTCState`; what one forward (or one `generate`) is doing lives in its thread's
+`CallState` (`state.call`), so threads sharing one compressed model never see each other's inputs.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +20,7 @@ from .config import VTCConfig
 from .errors import PlaceholderMismatchError
 from .layout import BatchLayout
 
-__all__ = ["STATE_ATTR", "VTCState", "install_instrumentation"]
+__all__ = ["STATE_ATTR", "CallState", "VTCState", "install_instrumentation"]
 
 STATE_ATTR = "_vtc_state"
 
@@ -33,25 +37,49 @@ class ForwardRecord:
 
 
 @dataclass
+class CallState:
+    """One thread's view of a compressed model: the forward it is running and the last prefill it ran."""
+
+    last: ForwardRecord | None = None
+    recording: ForwardRecord | None = None  # the prefill in progress
+    # image inputs seen by `get_image_features` outside a forward (generate routes them there before prefill)
+    pending_image_inputs: dict[str, Any] | None = None
+    in_forward: bool = False
+    lvtc: Any = None  # LVTC's state of the forward in progress (`vtc.lvtc.LVTCStep`)
+
+
+@dataclass(eq=False)
 class VTCState:
-    """Everything vtc keeps on a compressed model."""
+    """Everything vtc keeps on a compressed model; per-call state is per thread (`call`)."""
 
     config: VTCConfig
     adapter: Any
     ledger: PatchLedger
     processor: Any = None
-    last: ForwardRecord | None = None
-    # image inputs seen by `get_image_features` outside a forward (generate routes them there before prefill)
-    pending_image_inputs: dict[str, Any] | None = None
-    in_forward: bool = False
-    recording: ForwardRecord | None = None
-    # LVTC's per-generation context (`vtc.lvtc.LVTCContext`); every prefill replaces it
-    lvtc: Any = None
+
+    def __post_init__(self) -> None:
+        self._threads = threading.local()
+
+    @property
+    def call(self) -> CallState:
+        """The calling thread's `CallState` (created on first use)."""
+        call = getattr(self._threads, "call", None)
+        if call is None:
+            call = self._threads.call = CallState()
+        return call
+
+    # Copies and pickles start with no call in progress in any thread (a thread-local cannot be copied anyway).
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_threads"}
+
+    def __setstate__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+        self._threads = threading.local()
 
     def stats(self) -> dict[str, Any]:
-        if self.last is None:
+        record = self.call.last
+        if record is None:
             return {}
-        record = self.last
         return {
             "visual_tokens": list(record.visual_tokens),
             "layer_seq_lens": list(record.layer_seq_lens),
@@ -59,6 +87,11 @@ class VTCState:
             "visual_layout": record.visual_layout,
             "decode_steps": record.decode_steps,
         }
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_signature(forward) -> inspect.Signature:
+    return inspect.signature(forward)
 
 
 def _cache_is_empty(cache: Any) -> bool:
@@ -100,42 +133,38 @@ def _visual_layout(adapter: Any, input_ids: torch.Tensor, image_inputs: dict[str
         raise
 
 
-def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
-    """Record, for every prefill, the visual tokens per sample, the visual layout and each decoder layer's length.
+class _Instrumentation:
+    """The recording wrapper and hooks of one compressed model (bound methods: copyable and picklable)."""
 
-    Hooks only observe: outputs are unchanged. The image inputs that `generate` hands to `get_image_features` before
-    the prefill (it does not pass them to `forward`) are caught by a wrapper with the original signature, because
-    `generate` routes its keyword arguments by `inspect.signature(get_image_features)`.
-    """
-    adapter, ledger = state.adapter, state.ledger
-    base = adapter.base_model
-    forward_signature = inspect.signature(base.forward)
+    def __init__(self, state: VTCState):
+        self.state = state
 
-    original_get_image_features = base.get_image_features
-    image_signature = inspect.signature(original_get_image_features)
-
-    def get_image_features(*args, **kwargs):
-        if not state.in_forward:
-            bound = image_signature.bind_partial(*args, **kwargs).arguments
+    def get_image_features(self, original, *args, **kwargs):
+        call = self.state.call
+        if not call.in_forward:
+            signature = inspect.signature(original)
+            bound = signature.bind_partial(*args, **kwargs).arguments
             flat = {**bound.pop("kwargs", {}), **bound}
-            state.pending_image_inputs = adapter.image_inputs_from(flat)
-        return original_get_image_features(*args, **kwargs)
+            call.pending_image_inputs = self.state.adapter.image_inputs_from(flat)
+        return original(*args, **kwargs)
 
-    ledger.replace_method(base, "get_image_features", get_image_features)
-
-    def before_forward(_module, args, kwargs):
-        bound = forward_signature.bind_partial(*args, **kwargs).arguments
+    def before_forward(self, module, args, kwargs):
+        adapter, call = self.state.adapter, self.state.call
+        bound = _forward_signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
         bound = {**bound.pop("kwargs", {}), **bound}
-        image_inputs = adapter.image_inputs_from(bound) or (state.pending_image_inputs or {})
+        # A layout only where pixels are given: `image_sizes` alone (e.g. an `inputs_embeds` forward) is text-only,
+        # as it is to the model itself.
+        given = bound.get("pixel_values") is not None
+        image_inputs = adapter.image_inputs_from(bound) if given else (call.pending_image_inputs or {})
         # generate passes the features it computed before the prefill as `mm_encoder_outputs` to every forward that
         # reads them (each step when use_cache=False); the inputs it computed them from describe all those forwards.
         if bound.get("mm_encoder_outputs") is None:
-            state.pending_image_inputs = None
+            call.pending_image_inputs = None
         if not _cache_is_empty(bound.get("past_key_values")):
-            if state.last is not None:
-                state.last.decode_steps += 1
-            state.recording = None
-            state.in_forward = True
+            if call.last is not None:
+                call.last.decode_steps += 1
+            call.recording = None
+            call.in_forward = True
             return None
         input_ids = bound.get("input_ids")
         if input_ids is None and bound.get("inputs_embeds") is not None:
@@ -147,28 +176,49 @@ def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
             record.sequence_length = input_ids.shape[1]
             if bool(is_image.any()) and image_inputs:
                 record.visual_layout = _visual_layout(adapter, input_ids, image_inputs)
-        state.recording = record
-        state.in_forward = True  # set last: a pre-hook that raised never reaches the always-called closing hook
+        call.recording = record
+        call.in_forward = True  # set last: a pre-hook that raised never reaches the always-called closing hook
         return None
 
-    def after_forward(_module, _args, _kwargs, _output):
-        state.in_forward = False
-        if state.recording is not None:
-            state.last, state.recording = state.recording, None
+    def after_forward(self, _module, _args, _kwargs, _output):
+        call = self.state.call
+        call.in_forward = False
+        if call.recording is not None:
+            call.last, call.recording = call.recording, None
 
-    ledger.add_hook(base.register_forward_pre_hook(before_forward, with_kwargs=True), "record image inputs")
-    ledger.add_hook(
-        base.register_forward_hook(after_forward, with_kwargs=True, always_call=True), "close forward record"
-    )
 
+
+class _LayerLengthRecorder:
+    """Records the sequence length decoder layer `index` processes in the current prefill."""
+
+    def __init__(self, state: VTCState, index: int):
+        self.state, self.index = state, index
+
+    def __call__(self, _module, args, kwargs):
+        recording = self.state.call.recording
+        if recording is not None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            lens = recording.layer_seq_lens
+            lens.extend([0] * (self.index + 1 - len(lens)))
+            lens[self.index] = hidden.shape[1]
+        return None
+
+
+def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
+    """Record, for every prefill, the visual tokens per sample, the visual layout and each decoder layer's length.
+
+    Hooks only observe: outputs are unchanged. The image inputs that `generate` hands to `get_image_features` before
+    the prefill (it does not pass them to `forward`) are caught by a wrapper with the original signature, because
+    `generate` routes its keyword arguments by `inspect.signature(get_image_features)`.
+    """
+    adapter, ledger = state.adapter, state.ledger
+    base = adapter.base_model
+    instrumentation = _Instrumentation(state)
+    ledger.replace_method(base, "get_image_features", instrumentation.get_image_features)
+    ledger.add_hook(base.register_forward_pre_hook(instrumentation.before_forward, with_kwargs=True),
+                    "record image inputs")
+    ledger.add_hook(base.register_forward_hook(instrumentation.after_forward, with_kwargs=True, always_call=True),
+                    "close forward record")
     for index, layer in enumerate(adapter.decoder_layers):
-
-        def record_length(_module, args, kwargs, index=index):
-            if state.recording is not None:
-                hidden = args[0] if args else kwargs["hidden_states"]
-                lens = state.recording.layer_seq_lens
-                lens.extend([0] * (index + 1 - len(lens)))
-                lens[index] = hidden.shape[1]
-            return None
-
-        ledger.add_hook(layer.register_forward_pre_hook(record_length, with_kwargs=True), f"record layer {index}")
+        ledger.add_hook(layer.register_forward_pre_hook(_LayerLengthRecorder(state, index), with_kwargs=True),
+                        f"record layer {index}")

@@ -88,6 +88,10 @@ def compress(model: nn.Module, config: VTCConfig, processor: Any = None) -> nn.M
         # Last: the recording wrappers and hooks then observe what the components produce (compressed counts and
         # lengths), and the components' own hooks run first.
         install_instrumentation(model, state)
+        if callable(getattr(model, "save_pretrained", None)):
+            from .training import CheckpointWriter
+
+            ledger.replace_method(model, "save_pretrained", CheckpointWriter(state).save_pretrained)
     except BaseException:
         ledger.rollback()
         raise

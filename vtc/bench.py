@@ -5,10 +5,15 @@ times each configuration once), so that slow drifts of the machine (thermal, oth
 Latency is the median over rounds. FLOPs come from `vtc.flops` with the per-layer lengths the model really ran.
 A configuration that cannot apply to the model (`vtc.compress` raises `ConfigError`, e.g. RVTC on a model with one
 fixed resolution) is not measured: its row says why it was skipped.
+
+`load_checkpoint` loads a local checkpoint folder (nothing is downloaded) for such a measurement, including the
+processors of families with videos where transformers cannot build their video processor (see `load_processor`).
 """
 
 from __future__ import annotations
 
+import inspect
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -22,11 +27,77 @@ from .api import compress, last_stats, unpatch
 from .config import VTCConfig
 from .errors import ConfigError
 from .flops import prefill_flops
-from .registry import get_adapter
+from .registry import get_adapter, get_adapter_class
 
-__all__ = ["AblationRow", "measure_configs"]
+__all__ = ["AblationRow", "load_checkpoint", "load_processor", "measure_configs"]
 
 InputsFn = Callable[[Any], Mapping[str, Any]]
+
+# The sub-processors of a processor that takes images and videos, as every supported family with videos has.
+_IMAGE_AND_VIDEO_SUB_PROCESSORS = {"image_processor", "tokenizer", "video_processor"}
+
+
+def load_processor(path: str | os.PathLike) -> Any:
+    """The processor saved in the local checkpoint folder `path`, as `AutoProcessor.from_pretrained(path,
+    local_files_only=True)` loads it, and also where transformers cannot build its video processor.
+
+    transformers' video processors need torchvision, which vtc does not require; and a folder written by
+    `vtc make-tiny` has no video processor at all (`"video_processor": null`). In either case the family's processor
+    is built from the folder's image processor, tokenizer and settings, without a video processor: it takes images
+    only.
+    """
+    import transformers
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, ProcessorMixin
+    from transformers.utils import is_torchvision_available
+
+    from .adapters._tiny import processor_without_video
+
+    settings, _ = ProcessorMixin.get_processor_dict(path, local_files_only=True)
+    processor_class = getattr(transformers, settings.get("processor_class") or _default_processor_class(path), None)
+    saved_without_video = "video_processor" in settings and settings["video_processor"] is None
+    if (processor_class is None or set(processor_class.get_attributes()) != _IMAGE_AND_VIDEO_SUB_PROCESSORS
+            or (is_torchvision_available() and not saved_without_video)):
+        return AutoProcessor.from_pretrained(path, local_files_only=True)
+    parameters = inspect.signature(processor_class.__init__).parameters
+    options = {
+        name: value for name, value in settings.items()
+        if name in parameters and name not in _IMAGE_AND_VIDEO_SUB_PROCESSORS
+        and parameters[name].kind is not inspect.Parameter.VAR_KEYWORD
+    }
+    return processor_without_video(
+        processor_class,
+        image_processor=AutoImageProcessor.from_pretrained(path, local_files_only=True),
+        tokenizer=AutoTokenizer.from_pretrained(path, local_files_only=True),
+        **options,
+    )
+
+
+def _default_processor_class(path: str | os.PathLike) -> str:
+    """The name of the processor class that transformers pairs with the folder's `config.model_type` ('' if none)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    return PROCESSOR_MAPPING_NAMES.get(AutoConfig.from_pretrained(path, local_files_only=True).model_type, "")
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
+) -> tuple[nn.Module, Any]:
+    """Load the model (in eval mode) and the processor saved in the local checkpoint folder `path`.
+
+    Raises:
+        UnsupportedModelError: vtc has no adapter for the folder's `config.model_type` (checked before the weights
+            are read).
+        OSError, ValueError: transformers cannot load the folder.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    get_adapter_class(config.model_type)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, config=config, local_files_only=True, dtype=dtype, attn_implementation=attn_implementation
+    )
+    return model.eval(), load_processor(path)
 
 
 @dataclass

@@ -24,20 +24,28 @@ _C = TypeVar("_C", bound="_ConfigIO")
 
 # ---- value checks shared by the configs ----------------------------------------------------------------------------
 
-def _int(name: str, value: Any, allowed: str, minimum: int | None = None) -> int:
+def _int(name: str, value: Any, allowed: str, minimum: int | None = None, maximum: int | None = None) -> int:
     # bool is a subclass of int, so `ratio=True` would otherwise pass as 1; numpy integers are accepted and stored as a
     # plain int so that the config stays JSON-serialisable.
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(name, value, allowed)
     if minimum is not None and value < minimum:
         raise ConfigError(name, value, allowed)
+    if maximum is not None and value > maximum:
+        raise ConfigError(name, value, allowed)
     return int(value)
 
 
 def _float(name: str, value: Any, allowed: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(name, value, allowed)
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int or Fraction beyond the float range, e.g. 10**400
+        raise ConfigError(name, value, allowed) from None
+    if not math.isfinite(number):
+        raise ConfigError(name, value, allowed)
+    return number
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -112,10 +120,13 @@ class PVTCConfig(_ConfigIO):
 
     Args:
         ratio: factor by which the visual tokens per image (or tile) are reduced relative to the model's native count;
-            a perfect square (1, 4, 9, 16, ...) because each output token covers a `sqrt(ratio) x sqrt(ratio)` window.
-        num_heads: attention heads of the region cross-attention; the LLM width must be divisible by it (checked when
-            the model is known).
-        mlp_ratio: hidden width of the block's MLP as a multiple of the LLM width.
+            a perfect square (1, 4, 9, 16, ...) because each output token covers a `sqrt(ratio) x sqrt(ratio)` window,
+            at most `MAX_RATIO` (a 64 x 64 window). When the model is known it must also not exceed the native tokens
+            of one tile, or for families without tiles the most native tokens the processor gives one image.
+        num_heads: attention heads of the region cross-attention, `1..MAX_HEADS`; the LLM width must be divisible by
+            it (checked when the model is known).
+        mlp_ratio: hidden width of the block's MLP as a multiple of the LLM width, `0 < mlp_ratio <= MAX_MLP_RATIO`;
+            with the model known, the MLP must get at least one unit.
         drop_path: stochastic-depth probability during training, drawn per output token, `0 <= p < 1`.
         global_query: source of the global query: `"cls"` (the tower's CLS token), `"mean"` (the mean of the image's
             patches), `"auto"` (CLS when the tower has one, else the mean) or `"none"` (local branch only).
@@ -123,11 +134,21 @@ class PVTCConfig(_ConfigIO):
             `"paper"` uses the original structure and random initialisation.
     """
 
+    # Upper bounds far above any useful setting (the paper uses ratio 4, 16 heads, MLP ratio 4) that keep a typo from
+    # allocating a projector larger than the model or pooling windows larger than any image.
+    MAX_RATIO: ClassVar[int] = 4096
+    MAX_HEADS: ClassVar[int] = 1024
+    MAX_MLP_RATIO: ClassVar[float] = 16.0
+
     ratio: int = field(default=4, metadata={"help": "Visual-token reduction factor vs. the model's native count; "
-                                                    "a perfect square (1, 4, 9, ...)."})
-    num_heads: int = field(default=16, metadata={"help": "Attention heads of the region cross-attention."})
-    mlp_ratio: float = field(default=4.0, metadata={"help": "MLP hidden width as a multiple of the LLM width."})
-    drop_path: float = field(default=0.0, metadata={"help": "Per-token stochastic-depth probability in training."})
+                                                    f"a perfect square (1, 4, 9, ...) up to {MAX_RATIO} and up to "
+                                                    "the native tokens of one tile or image."})
+    num_heads: int = field(default=16, metadata={"help": "Attention heads of the region cross-attention, "
+                                                         f"1..{MAX_HEADS}; must divide the LLM width."})
+    mlp_ratio: float = field(default=4.0, metadata={"help": "MLP hidden width as a multiple of the LLM width, "
+                                                            f"0 < r <= {MAX_MLP_RATIO:g}."})
+    drop_path: float = field(default=0.0, metadata={"help": "Per-token stochastic-depth probability in training, "
+                                                            "0 <= p < 1."})
     global_query: str = field(default="auto", metadata={"help": "Global query source: auto, cls, mean or none."})
     init: str = field(default="warm", metadata={"help": "warm (start from the model's projector) or paper."})
 
@@ -135,16 +156,18 @@ class PVTCConfig(_ConfigIO):
     INITS: ClassVar[tuple[str, ...]] = ("warm", "paper")
 
     def __post_init__(self):
-        square = "a perfect square >= 1 (1, 4, 9, 16, ...)"
-        ratio = _int("ratio", self.ratio, square, minimum=1)
+        square = f"a perfect square >= 1 and <= {self.MAX_RATIO} (1, 4, 9, 16, ...)"
+        ratio = _int("ratio", self.ratio, square, minimum=1, maximum=self.MAX_RATIO)
         if math.isqrt(ratio) ** 2 != ratio:
             raise ConfigError("ratio", self.ratio, square, hint=f"The nearest squares are "
                               f"{math.isqrt(ratio) ** 2} and {(math.isqrt(ratio) + 1) ** 2}.")
         _set(self, "ratio", ratio)
-        _set(self, "num_heads", _int("num_heads", self.num_heads, "an int >= 1", minimum=1))
-        mlp_ratio = _float("mlp_ratio", self.mlp_ratio, "a finite number > 0")
-        if mlp_ratio <= 0:
-            raise ConfigError("mlp_ratio", self.mlp_ratio, "a finite number > 0")
+        _set(self, "num_heads", _int("num_heads", self.num_heads, f"an int in 1..{self.MAX_HEADS}", minimum=1,
+                                     maximum=self.MAX_HEADS))
+        bounded = f"a finite number > 0 and <= {self.MAX_MLP_RATIO:g}"
+        mlp_ratio = _float("mlp_ratio", self.mlp_ratio, bounded)
+        if not 0.0 < mlp_ratio <= self.MAX_MLP_RATIO:
+            raise ConfigError("mlp_ratio", self.mlp_ratio, bounded)
         _set(self, "mlp_ratio", mlp_ratio)
         drop_path = _float("drop_path", self.drop_path, "a number with 0 <= p < 1")
         if not 0.0 <= drop_path < 1.0:
@@ -165,22 +188,29 @@ class LVTCConfig(_ConfigIO):
 
     Args:
         compress_layer: K, the first decoder layer that sees the compressed sequence; negative counts from the end.
-            Never 0: layer 0's KV cache must stay full length.
+            Never 0: layer 0's KV cache must stay full length. With `n` decoder layers (known when the config is
+            applied), `1 <= K < n` once normalised.
         restore_layer: L, the first layer that sees the full sequence again (L may equal the layer count: restore after
-            the last layer); negative counts from the end; `None` never restores (a merge-only baseline).
-        ratio: visual tokens per pooled group.
+            the last layer); negative counts from the end; `None` never restores (a merge-only baseline). With `n`
+            decoder layers, `K < L <= n` once normalised.
+        ratio: visual tokens per pooled group, `1..MAX_RATIO`.
         restore: `"delta"` (`H_K + unpool(H'_L - H'_K)`, the identity at `ratio=1`), `"add"` (`up(H'_L) + g * H_K`
             with a learnable gate `g` initialised to 0) or `"upsample"` (`up(H'_L)`, no residual).
         upsample: `"nearest"` (each token takes its group's value) or `"bilinear"` over the grid.
         position: rotary position of a pooled group: the `"mean"` of its members' positions or the `"first"`.
     """
 
+    # Far above any useful pooling (the paper pools 4 tokens); a larger group would only be a typo.
+    MAX_RATIO: ClassVar[int] = 4096
+
     compress_layer: int = field(default=2, metadata={"help": "K: first decoder layer on the compressed sequence; "
-                                                             "negative counts from the end; never 0."})
+                                                             "negative counts from the end; never 0; inside the "
+                                                             "model's decoder layers."})
     restore_layer: int | None = field(default=-4, metadata={"help": "L: first decoder layer on the full sequence "
-                                                                    "again; negative counts from the end; None = "
-                                                                    "never restore."})
-    ratio: int = field(default=4, metadata={"help": "Visual tokens per pooled group."})
+                                                                    "again, after K and at most the layer count; "
+                                                                    "negative counts from the end; None = never "
+                                                                    "restore."})
+    ratio: int = field(default=4, metadata={"help": f"Visual tokens per pooled group, 1..{MAX_RATIO}."})
     restore: str = field(default="delta", metadata={"help": "Restore rule: delta, add or upsample."})
     upsample: str = field(default="nearest", metadata={"help": "Unpooling: nearest or bilinear."})
     position: str = field(default="mean", metadata={"help": "Position of a pooled group: mean or first."})
@@ -205,7 +235,8 @@ class LVTCConfig(_ConfigIO):
                 raise ConfigError("restore_layer", self.restore_layer,
                                   f"a layer index after compress_layer={k}, or None")
             _set(self, "restore_layer", layer)
-        _set(self, "ratio", _int("ratio", self.ratio, "an int >= 1", minimum=1))
+        _set(self, "ratio", _int("ratio", self.ratio, f"an int in 1..{self.MAX_RATIO}", minimum=1,
+                                 maximum=self.MAX_RATIO))
         _choice("restore", self.restore, self.RESTORES)
         _choice("upsample", self.upsample, self.UPSAMPLES)
         _choice("position", self.position, self.POSITIONS)
@@ -246,35 +277,47 @@ class RVTCConfig(_ConfigIO):
     Args:
         mode: `"edge"` caps the tiles at `ceil(H/s) * ceil(W/s)` (the released rule), `"area"` at `ceil(W*H/s^2)`,
             `"budget"` picks the largest grid whose visual tokens stay within `max_visual_tokens`.
-        min_tiles: fewest tiles per image.
-        max_tiles: most tiles per image, `>= min_tiles`.
-        tile_size: tile side `s` in pixels; `None` uses the model's native tile.
+        min_tiles: fewest tiles per image, `1..MAX_TILES`.
+        max_tiles: most tiles per image, `min_tiles..MAX_TILES`.
+        tile_size: tile side `s` in pixels, `1..MAX_TILE_SIZE`; `None` uses the model's native tile.
         use_thumbnail: append a whole-image tile when an image gets more than one tile (where the model has one).
-        max_visual_tokens: the per-image token budget; required by, and only allowed with, `mode="budget"`.
+        max_visual_tokens: the per-image token budget, `1..MAX_VISUAL_TOKENS`; required by, and only allowed with,
+            `mode="budget"`.
     """
 
+    # Far above what the supported models tile (a few dozen tiles of 336 to 512 px, at most about 16k visual tokens
+    # per image): larger values are typos, and the planner's cost grows with the tile count.
+    MAX_TILES: ClassVar[int] = 256
+    MAX_TILE_SIZE: ClassVar[int] = 8192
+    MAX_VISUAL_TOKENS: ClassVar[int] = 1 << 20
+
     mode: str = field(default="edge", metadata={"help": "Tile cap: edge, area or budget."})
-    min_tiles: int = field(default=1, metadata={"help": "Fewest tiles per image."})
-    max_tiles: int = field(default=6, metadata={"help": "Most tiles per image."})
-    tile_size: int | None = field(default=None, metadata={"help": "Tile side in pixels; None = the model's own."})
+    min_tiles: int = field(default=1, metadata={"help": f"Fewest tiles per image, 1..{MAX_TILES}."})
+    max_tiles: int = field(default=6, metadata={"help": f"Most tiles per image, min_tiles..{MAX_TILES}."})
+    tile_size: int | None = field(default=None, metadata={"help": f"Tile side in pixels, 1..{MAX_TILE_SIZE}; "
+                                                                  "None = the model's own."})
     use_thumbnail: bool = field(default=True, metadata={"help": "Add a whole-image thumbnail tile."})
-    max_visual_tokens: int | None = field(default=None, metadata={"help": "Token budget per image (mode=budget)."})
+    max_visual_tokens: int | None = field(default=None, metadata={"help": "Token budget per image (mode=budget), "
+                                                                          f"1..{MAX_VISUAL_TOKENS}."})
 
     MODES: ClassVar[tuple[str, ...]] = ("edge", "area", "budget")
 
     def __post_init__(self):
         _choice("mode", self.mode, self.MODES)
-        min_tiles = _int("min_tiles", self.min_tiles, "an int >= 1", minimum=1)
+        min_tiles = _int("min_tiles", self.min_tiles, f"an int in 1..{self.MAX_TILES}", minimum=1,
+                         maximum=self.MAX_TILES)
         _set(self, "min_tiles", min_tiles)
-        _set(self, "max_tiles", _int("max_tiles", self.max_tiles, f"an int >= min_tiles={min_tiles}",
-                                     minimum=min_tiles))
+        _set(self, "max_tiles", _int("max_tiles", self.max_tiles, f"an int in min_tiles={min_tiles}..{self.MAX_TILES}",
+                                     minimum=min_tiles, maximum=self.MAX_TILES))
         if self.tile_size is not None:
-            _set(self, "tile_size", _int("tile_size", self.tile_size, "an int >= 1 or None", minimum=1))
+            _set(self, "tile_size", _int("tile_size", self.tile_size, f"an int in 1..{self.MAX_TILE_SIZE} or None",
+                                         minimum=1, maximum=self.MAX_TILE_SIZE))
         if not isinstance(self.use_thumbnail, bool):
             raise ConfigError("use_thumbnail", self.use_thumbnail, "True or False")
         if self.mode == "budget":
             _set(self, "max_visual_tokens", _int("max_visual_tokens", self.max_visual_tokens,
-                                                 "an int >= 1 with mode='budget'", minimum=1))
+                                                 f"an int in 1..{self.MAX_VISUAL_TOKENS} with mode='budget'",
+                                                 minimum=1, maximum=self.MAX_VISUAL_TOKENS))
         elif self.max_visual_tokens is not None:
             # Accepting it would let a user believe a budget is enforced when the edge/area rule ignores it.
             raise ConfigError("max_visual_tokens", self.max_visual_tokens, f"None with mode={self.mode!r}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "InputError",
     "PlaceholderMismatchError",
     "UnsupportedModelError",
     "UnsupportedVersionError",
@@ -36,3 +37,8 @@ class UnsupportedVersionError(VTCError, RuntimeError):
 
 class PlaceholderMismatchError(VTCError, ValueError):
     """The number of image placeholders in the prompt disagrees with the number of visual features."""
+
+
+class InputError(VTCError, ValueError):
+    """The image inputs of a forward (pixel values, image sizes, grids) are not shaped as the model's processor makes
+    them, e.g. pixel values of another size than the vision tower's tile."""

@@ -6,20 +6,22 @@ modules, so weights, `state_dict` keys, gradient checkpointing, `output_hidden_s
 working:
 
 * language model, forward pre-hook: decides prefill or decode and reads the 2-D attention mask; a prefill (empty
-  cache) starts a new `LVTCContext`, taking the visual layout recorded for this forward;
+  cache) takes the visual layout recorded for this forward;
 * rotary embedding, forward pre-hook: the positions it is called with (1-D or M-RoPE), for the pooled groups' mean;
 * layer K, forward pre-hook: pools the hidden states (prefill) and builds the compressed layers' mask and rotary
   embeddings. In decode it builds the mask *before* layer K appends the step's keys, when the cache length is right;
 * layers K+1..L-1, forward pre-hooks: swap in that mask and those rotary embeddings;
 * layer L-1, forward hook: restores the full length (prefill); decode steps never were compressed.
 
-Per-generation state lives in one `LVTCContext` on the model's `_vtc_state`; nothing is global.
+What one forward is doing lives in its thread's call state (`LVTCStep`), and what decode steps need from the
+prefill that filled a KV cache travels with that cache (`LVTCPrefill`): nothing per-call is kept on the model, so
+threads sharing one compressed model, and several generations interleaved on it, never see each other's state.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +46,7 @@ from .ops import (
     unpool_bilinear,
 )
 
-__all__ = ["COMPRESS_RANGE", "GATE_NAME", "RESTORE_RANGE", "LVTCContext", "install"]
+__all__ = ["COMPRESS_RANGE", "GATE_NAME", "RESTORE_RANGE", "LVTCPrefill", "LVTCStep", "install"]
 
 #: The learnable residual gate of `restore="add"`, a scalar parameter on the language model.
 GATE_NAME = "vtc_lvtc_gate"
@@ -55,36 +57,32 @@ _STATIC_CACHE_HINT = ("LVTC keeps shorter KV caches in the compressed layers, wh
                       "of `generate`); do not pass a static cache or `cache_implementation=\"static\"`.")
 
 
+#: Where a compressed prefill leaves its `LVTCPrefill` on the KV cache it filled.
+PREFILL_ATTR = "_vtc_lvtc_prefill"
+
+
 @dataclass
-class LVTCContext:
-    """What one generation needs: set by its prefill, read by the decode steps that extend the prefill's cache.
+class LVTCPrefill:
+    """What the decode steps extending one KV cache need from the compressed prefill that filled it."""
 
-    The per-forward fields (`step_*`) only live for the duration of one forward.
-    """
+    full_length: int  # `s`, the prompt length every layer outside K..L-1 caches
+    compressed_length: int  # `g`, what layers K..L-1 cache for the prompt
+    compact_mask: torch.Tensor | None  # `(b, g)` 2-D mask of the compressed prompt, None for all ones
 
-    # The prefill that began this generation.
-    compressed: bool = False
-    full_length: int = 0  # `s`, the prompt length every layer outside K..L-1 caches
-    compressed_length: int = 0  # `g`, what layers K..L-1 cache for the prompt
-    compact_mask: torch.Tensor | None = None  # `(b, g)` 2-D mask of the compressed prompt, None for all ones
-    cache: Any = None  # weak reference to the prefill's cache: decode steps must extend that very cache
 
-    # The forward in progress.
-    step_prefill: bool = False
-    step_layout: BatchLayout | None = None
-    step_mask2d: torch.Tensor | None = None  # 2-D mask of the compressed layers' keys (prefill: of the full prompt)
-    step_rotary_positions: torch.Tensor | None = None
-    step_groups: GroupIndex | None = None
-    step_attention_mask: Any = None  # what layers K..L-1 receive as `attention_mask`
-    step_position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
-    step_residual: torch.Tensor | None = None  # `(b, s, d)` full-resolution term the restore adds back
-    step_active: bool = False  # whether layers K..L-1 must get the swapped arguments in this forward
+@dataclass
+class LVTCStep:
+    """What one forward through the language model needs between its hooks (per thread, dropped at its end)."""
 
-    def end_step(self) -> None:
-        """Drop the per-forward tensors (hidden states with their autograd graph among them)."""
-        self.step_prefill = self.step_active = False
-        self.step_layout = self.step_mask2d = self.step_rotary_positions = self.step_groups = None
-        self.step_attention_mask = self.step_position_embeddings = self.step_residual = None
+    prefill: bool = False
+    layout: BatchLayout | None = None
+    mask2d: torch.Tensor | None = None  # 2-D mask of the compressed layers' keys (prefill: of the full prompt)
+    rotary_positions: torch.Tensor | None = None
+    groups: GroupIndex | None = None
+    attention_mask: Any = None  # what layers K..L-1 receive as `attention_mask`
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+    residual: torch.Tensor | None = None  # `(b, s, d)` full-resolution term the restore adds back
+    active: bool = False  # whether layers K..L-1 must get the swapped arguments in this forward
 
 
 def _cache_length(cache: Any, layer: int = 0) -> int:
@@ -119,20 +117,21 @@ def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple
 
 
 class _Controller:
-    """The hooks of one compressed model; all state they share lives in `state.lvtc`."""
+    """The hooks of one compressed model. It holds no per-call state: each forward's lives in its thread's
+    `state.call.lvtc`, each KV cache's prefill summary on the cache itself."""
 
     def __init__(self, state: Any, config: LVTCConfig, compress_layer: int, restore_layer: int | None,
                  gate: nn.Parameter | None):
-        adapter = state.adapter
         self.state, self.config, self.gate = state, config, gate
         self.compress_layer, self.restore_layer = compress_layer, restore_layer
-        self.text_config = adapter.text_config
-        self.rotary = adapter.rotary_embedding
-        self.text_signature = inspect.signature(adapter.language_model.forward)
+
+    @property
+    def _step(self) -> LVTCStep | None:
+        return self.state.call.lvtc
 
     # -------------------------------------------------------------------------------------------- language model
-    def begin_forward(self, _module, args, kwargs):
-        bound = self.text_signature.bind_partial(*args, **kwargs).arguments
+    def begin_forward(self, module, args, kwargs):
+        bound = _forward_signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
         bound = {**bound.pop("kwargs", {}), **bound}
         mask, cache = bound.get("attention_mask"), bound.get("past_key_values")
         _check_attention_mask(mask)
@@ -140,167 +139,168 @@ class _Controller:
         inputs = bound.get("inputs_embeds")
         if inputs is None:
             inputs = bound.get("input_ids")
+        call = self.state.call
         if _cache_length(cache) == 0:
-            self._begin_prefill(mask)
+            call.lvtc = self._begin_prefill(mask)
         else:
-            self._begin_decode(mask, cache, inputs.shape[0], inputs.shape[1])
+            call.lvtc = self._begin_decode(mask, cache, inputs.shape[0], inputs.shape[1])
         return None
 
-    def _begin_prefill(self, mask: torch.Tensor | None) -> None:
-        # A new cache begins: whatever the previous generation left is dropped here.
-        context = self.state.lvtc = LVTCContext()
-        record = self.state.recording
+    def _begin_prefill(self, mask: torch.Tensor | None) -> LVTCStep:
+        record = self.state.call.recording
         layout = record.visual_layout if record is not None else None
         if layout is None or not any(layout):
-            return  # nothing visual to pool: layers K..L-1 run unchanged
-        context.step_prefill = context.step_active = True
-        context.step_layout, context.step_mask2d = layout, mask
+            return LVTCStep()  # nothing visual to pool: layers K..L-1 run unchanged
+        return LVTCStep(prefill=True, active=True, layout=layout, mask2d=mask)
 
-    def _begin_decode(self, mask: torch.Tensor | None, cache: Any, batch: int, new_tokens: int) -> None:
-        context: LVTCContext | None = self.state.lvtc
+    def _begin_decode(self, mask: torch.Tensor | None, cache: Any, batch: int, new_tokens: int) -> LVTCStep:
+        prefill: LVTCPrefill | None = getattr(cache, PREFILL_ATTR, None)
         full, compressed = _cache_length(cache), _cache_length(cache, self.compress_layer)
-        if context is None or not context.compressed or context.cache is None or context.cache() is not cache:
+        if prefill is None:
             if full != compressed:
                 raise UnsupportedModelError(
-                    "this KV cache was filled by a compressed prefill other than the model's latest one; LVTC keeps "
-                    "the state of the latest prefill only. Run the prefill again (e.g. call generate with the prompt)."
+                    f"this KV cache holds {full} tokens in layer 0 but {compressed} in layer {self.compress_layer}, "
+                    "and no compressed prefill of vtc filled it (it was copied without its attributes, or filled "
+                    "by another tool). Run the prefill again (e.g. call generate with the prompt)."
                 )
-            return  # a cache no compressed prefill wrote: every layer holds the full sequence
-        appended = full - context.full_length
-        if appended < 0 or compressed != context.compressed_length + appended:
+            return LVTCStep()  # a cache no compressed prefill wrote: every layer holds the full sequence
+        appended = full - prefill.full_length
+        if appended < 0 or compressed != prefill.compressed_length + appended:
             raise UnsupportedModelError(
                 f"the KV cache no longer matches the compressed prefill (layer 0 holds {full} tokens, layer "
-                f"{self.compress_layer} holds {compressed}; expected {context.full_length} + n and "
-                f"{context.compressed_length} + n). Cropping or editing the cache (assisted or speculative decoding) "
+                f"{self.compress_layer} holds {compressed}; expected {prefill.full_length} + n and "
+                f"{prefill.compressed_length} + n). Cropping or editing the cache (assisted or speculative decoding) "
                 "is not supported with LVTC."
             )
         new_mask = None
         if mask is not None:
-            new_mask = mask[:, context.full_length:]
+            new_mask = mask[:, prefill.full_length:]
             if new_mask.shape[1] != appended + new_tokens:
                 raise UnsupportedModelError(
                     f"attention_mask has {mask.shape[1]} columns but the cache holds {full} tokens and {new_tokens} "
                     "arrive: pass the mask of the whole sequence (prompt and generated tokens)."
                 )
-        context.step_active = True
-        context.step_mask2d = extend_mask(context.compact_mask, new_mask, appended + new_tokens, batch,
-                                          compact_len=context.compressed_length)
+        mask2d = extend_mask(prefill.compact_mask, new_mask, appended + new_tokens, batch,
+                             compact_len=prefill.compressed_length)
+        return LVTCStep(active=True, mask2d=mask2d)
 
     def end_forward(self, _module, _args, _kwargs, _output):
-        if self.state.lvtc is not None:
-            self.state.lvtc.end_step()
+        # Drop the per-forward tensors (hidden states with their autograd graph among them).
+        self.state.call.lvtc = None
         return None
 
     # -------------------------------------------------------------------------------------------- rotary embedding
     def capture_positions(self, _module, args, kwargs):
-        context: LVTCContext | None = self.state.lvtc
+        step = self._step
         # Only the language model's own call before the layers: our call at layer K comes after the capture.
-        if context is not None and context.step_prefill and context.step_rotary_positions is None:
-            context.step_rotary_positions = args[1] if len(args) > 1 else kwargs.get("position_ids")
+        if step is not None and step.prefill and step.rotary_positions is None:
+            step.rotary_positions = args[1] if len(args) > 1 else kwargs.get("position_ids")
         return None
 
     # -------------------------------------------------------------------------------------------- layer K
     def compress(self, _module, args, kwargs):
-        context: LVTCContext | None = self.state.lvtc
-        if context is None or not context.step_active:
+        step = self._step
+        if step is None or not step.active:
             return None
         cache = kwargs.get("past_key_values")
-        if not context.step_prefill:
+        if not step.prefill:
             # Sized against layer K's own cache, before this layer appends the step's keys.
             with record_function(COMPRESS_RANGE):
-                context.step_attention_mask = self._mask(_hidden(args, kwargs), context.step_mask2d, cache)
-            return args, {**kwargs, "attention_mask": context.step_attention_mask, "position_ids": None}
+                step.attention_mask = self._mask(_hidden(args, kwargs), step.mask2d, cache)
+            return args, {**kwargs, "attention_mask": step.attention_mask, "position_ids": None}
         with record_function(COMPRESS_RANGE):
-            return self._compress_prefill(args, kwargs, context, cache)
+            return self._compress_prefill(args, kwargs, step, cache)
 
-    def _compress_prefill(self, args: tuple, kwargs: dict, context: LVTCContext, cache: Any) -> tuple[tuple, dict]:
+    def _compress_prefill(self, args: tuple, kwargs: dict, step: LVTCStep, cache: Any) -> tuple[tuple, dict]:
         hidden = _hidden(args, kwargs)
-        mask2d = context.step_mask2d
+        mask2d = step.mask2d
         if mask2d is not None and tuple(mask2d.shape) != tuple(hidden.shape[:2]):
             raise UnsupportedModelError(f"attention_mask has shape {tuple(mask2d.shape)} but the prompt is "
                                         f"{tuple(hidden.shape[:2])}: pass the processor's 2-D attention_mask")
         padding = None if mask2d is None else ~mask2d.bool()
-        groups = group_index(context.step_layout, hidden.shape[1], self.config.ratio, padding=padding,
-                             device=hidden.device)
+        groups = group_index(step.layout, hidden.shape[1], self.config.ratio, padding=padding, device=hidden.device)
         pooled = pool(hidden, groups)
-        context.step_groups = groups
-        context.step_residual = self._residual(hidden, pooled, context)
-        context.step_mask2d = compact_mask(context.step_mask2d, groups)
-        context.step_attention_mask = self._mask(pooled, context.step_mask2d, cache)
-        context.step_position_embeddings = self._rotary(pooled, groups, kwargs["position_embeddings"], context)
-        context.compressed = True
-        context.full_length, context.compressed_length = groups.seq_len, groups.max_groups
-        context.compact_mask = context.step_mask2d
-        context.cache = None if cache is None else weakref.ref(cache)
-        return _with_hidden(args, self._swapped(kwargs, context), pooled)
+        step.groups = groups
+        step.residual = self._residual(hidden, pooled, step)
+        step.mask2d = compact_mask(step.mask2d, groups)
+        step.attention_mask = self._mask(pooled, step.mask2d, cache)
+        step.position_embeddings = self._rotary(pooled, groups, kwargs["position_embeddings"], step)
+        if cache is not None:  # the decode steps that extend this cache continue from here
+            setattr(cache, PREFILL_ATTR, LVTCPrefill(groups.seq_len, groups.max_groups, step.mask2d))
+        return _with_hidden(args, self._swapped(kwargs, step), pooled)
 
-    def _residual(self, hidden: torch.Tensor, pooled: torch.Tensor, context: LVTCContext) -> torch.Tensor | None:
+    def _residual(self, hidden: torch.Tensor, pooled: torch.Tensor, step: LVTCStep) -> torch.Tensor | None:
         """The full-resolution term the restore adds to the upsampled compressed output."""
         if self.restore_layer is None or self.config.restore == "upsample":
             return None
         if self.config.restore == "delta":
             # What pooling lost, per token: exactly zero for text, newline tokens and every singleton group, so
             # `upsample(H'_L) + residual` is the unpatched model at ratio=1, bit for bit.
-            return hidden - self._upsample(pooled, context)
-        cells = cell_mask(context.step_layout, hidden.shape[1], device=hidden.device)
+            return hidden - self._upsample(pooled, step)
+        cells = cell_mask(step.layout, hidden.shape[1], device=hidden.device)
         return hidden * cells[..., None].to(hidden.dtype)
 
     def _mask(self, hidden: torch.Tensor, mask2d: torch.Tensor | None, cache: Any):
         # position_ids=None: compressed positions have gaps, which the mask builder would read as packed sequences.
-        return create_causal_mask(config=self.text_config, inputs_embeds=hidden, attention_mask=mask2d,
+        return create_causal_mask(config=self.state.adapter.text_config, inputs_embeds=hidden, attention_mask=mask2d,
                                   past_key_values=cache, position_ids=None, layer_idx=self.compress_layer)
 
     def _rotary(self, pooled: torch.Tensor, groups: GroupIndex, full: tuple[torch.Tensor, torch.Tensor],
-                context: LVTCContext) -> tuple[torch.Tensor, torch.Tensor]:
+                step: LVTCStep) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary embeddings at each group's representative position (original numbering, never renumbered)."""
         if self.config.position == "first":
             cos, sin = full
             return gather_groups(cos, groups), gather_groups(sin, groups)
-        positions = context.step_rotary_positions
+        positions = step.rotary_positions
         if positions is None:
             raise UnsupportedModelError(
                 "the language model did not call its rotary embedding before the decoder layers, so LVTC cannot "
                 "place pooled tokens at their mean position; use LVTCConfig(position=\"first\")."
             )
         # Mean per axis: 1-D positions stay 1-D, M-RoPE positions keep their (temporal, height, width) axes.
-        return self.rotary(pooled, compact_positions(positions, groups, "mean"))
+        return self.state.adapter.rotary_embedding(pooled, compact_positions(positions, groups, "mean"))
 
     # -------------------------------------------------------------------------------------------- layers K+1..L-1
     def swap(self, _module, args, kwargs):
-        context: LVTCContext | None = self.state.lvtc
-        if context is None or not context.step_active:
+        step = self._step
+        if step is None or not step.active:
             return None
-        return args, self._swapped(kwargs, context)
+        return args, self._swapped(kwargs, step)
 
     @staticmethod
-    def _swapped(kwargs: dict, context: LVTCContext) -> dict:
-        swapped = {**kwargs, "attention_mask": context.step_attention_mask, "position_ids": None}
-        if context.step_prefill:  # decode steps keep their tokens' own (original) positions
-            swapped["position_embeddings"] = context.step_position_embeddings
+    def _swapped(kwargs: dict, step: LVTCStep) -> dict:
+        swapped = {**kwargs, "attention_mask": step.attention_mask, "position_ids": None}
+        if step.prefill:  # decode steps keep their tokens' own (original) positions
+            swapped["position_embeddings"] = step.position_embeddings
         return swapped
 
     # -------------------------------------------------------------------------------------------- layer L-1
     def restore(self, _module, _args, output):
-        context: LVTCContext | None = self.state.lvtc
-        if context is None or not context.step_prefill or context.step_groups is None:
+        step = self._step
+        if step is None or not step.prefill or step.groups is None:
             return None
         compressed = output[0] if isinstance(output, tuple) else output
         with record_function(RESTORE_RANGE):
-            restored = self._upsample(compressed, context)
-            if context.step_residual is not None:
-                residual = context.step_residual
+            restored = self._upsample(compressed, step)
+            if step.residual is not None:
+                residual = step.residual
                 if self.gate is not None:
                     residual = self.gate.to(residual.dtype) * residual
                 restored = restored + residual
         # Layers after this one run on the full sequence: nothing of the compressed step is needed any more.
-        context.step_prefill = context.step_active = False
-        context.step_residual = context.step_groups = context.step_position_embeddings = None
+        step.prefill = step.active = False
+        step.residual = step.groups = step.position_embeddings = None
         return (restored, *output[1:]) if isinstance(output, tuple) else restored
 
-    def _upsample(self, compressed: torch.Tensor, context: LVTCContext) -> torch.Tensor:
+    def _upsample(self, compressed: torch.Tensor, step: LVTCStep) -> torch.Tensor:
         if self.config.upsample == "bilinear":
-            return unpool_bilinear(compressed, context.step_groups, context.step_layout, self.config.ratio)
-        return unpool(compressed, context.step_groups)
+            return unpool_bilinear(compressed, step.groups, step.layout, self.config.ratio)
+        return unpool(compressed, step.groups)
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_signature(forward) -> inspect.Signature:
+    return inspect.signature(forward)
 
 
 def _validate(config: LVTCConfig, adapter: Any) -> tuple[int, int | None]:

@@ -19,7 +19,7 @@ from .api import compress, get_config, unpatch
 from .config import VTCConfig
 from .errors import ConfigError
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_pretrained", "mark_only_vtc_trainable", "save_pretrained",
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CheckpointWriter", "load_pretrained", "mark_only_vtc_trainable", "save_pretrained",
            "vtc_state_dict"]
 
 CONFIG_NAME = "vtc_config.json"
@@ -69,6 +69,28 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> Path:
     tensors = {name: tensor.detach().contiguous().clone() for name, tensor in vtc_state_dict(model).items()}
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     return folder
+
+
+class CheckpointWriter:
+    """`model.save_pretrained` of a compressed model: a clean backbone checkpoint plus the vtc files beside it.
+
+    The backbone is written by transformers' own `save_pretrained` without any `vtc_` tensor, so
+    `Cls.from_pretrained(folder)` loads the plain model; `vtc_config.json` and `vtc_weights.safetensors` in the same
+    folder compress it again: `vtc.load_pretrained(Cls.from_pretrained(folder), folder, processor=processor)`.
+    """
+
+    def __init__(self, state: Any):
+        self.state = state
+
+    def save_pretrained(self, original, save_directory, *args, state_dict=None, **kwargs):
+        model = self.state.adapter.model
+        if state_dict is None:
+            state_dict = model.state_dict()
+        backbone = {name: tensor for name, tensor in state_dict.items() if not _is_vtc(name)}
+        result = original(save_directory, *args, state_dict=backbone, **kwargs)
+        if kwargs.get("is_main_process", True):
+            save_pretrained(model, save_directory)
+        return result
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike, processor: Any = None) -> nn.Module:

@@ -1,6 +1,8 @@
 """PVTC on every family: counts agree on both sides, generate works, warm ratio=1 is the unpatched model, only vtc_
 parameters train, unpatch restores everything, and bad input fails clearly."""
 
+import math
+
 import pytest
 import torch
 
@@ -146,6 +148,7 @@ def test_non_square_ratio_is_a_config_error():
         ("internvl", vtc.PVTCConfig(ratio=25), "at most 16"),  # a tile makes 4x4 tokens
         ("llava", vtc.PVTCConfig(ratio=4, num_heads=3), "divisor of the language width 64"),
         ("llava_onevision", vtc.PVTCConfig(ratio=4, global_query="cls"), "without a CLS token"),
+        ("qwen2_vl", vtc.PVTCConfig(ratio=4, mlp_ratio=0.001), "1/64 for the language width 64"),
     ],
 )
 def test_invalid_for_the_model_is_refused_and_the_model_is_untouched(family, config, message):
@@ -156,6 +159,35 @@ def test_invalid_for_the_model_is_refused_and_the_model_is_untouched(family, con
     assert all("vtc_" not in name for name, _ in model.named_parameters())
     with torch.no_grad():
         assert torch.equal(model(**tiny_batch(family, processor, batch=2)).logits, reference)
+
+
+#: The most native tokens one tile (InternVL) or image makes on the tiny models: a 4x4 tile; 8x8 patches (LLaVA); and
+#: for Qwen the processor's 64x64-pixel maximum in 8-pixel merged patches.
+MAX_NATIVE_TOKENS = {"internvl": 16, "llava": 64, "llava_next": 64, "llava_onevision": 64, "qwen2_vl": 64,
+                     "qwen2_5_vl": 64, "qwen3_vl": 64}
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_a_ratio_beyond_the_largest_tile_or_image_is_refused_and_the_model_is_bit_identical(family):
+    model, processor = build_tiny_model(family), build_tiny_processor(family)
+    inputs = tiny_batch(family, processor, batch=2)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    limit = MAX_NATIVE_TOKENS[family]
+    for ratio in ((math.isqrt(limit) + 1) ** 2, vtc.PVTCConfig.MAX_RATIO):
+        with pytest.raises(vtc.ConfigError, match=rf"pvtc.ratio={ratio} is invalid: expected at most {limit}"):
+            vtc.compress(model, vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=ratio)), processor=processor)
+    assert not vtc.is_compressed(model)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[name], t) for name, t in before.items())
+    assert tiny_batch(family, processor, batch=2)["input_ids"].equal(inputs["input_ids"])
+
+    # the largest ratio allowed pools a whole tile (or the largest image) into one token, and runs
+    vtc.compress(model, vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=limit)), processor=processor)
+    inputs = tiny_batch(family, processor, batch=2)
+    with torch.no_grad():
+        assert model(**inputs).logits.shape[:2] == inputs["input_ids"].shape
+    if family in ("internvl", "llava"):
+        assert set(features_per_image(model, inputs)) == {1}
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])

@@ -79,6 +79,17 @@ INVALID = [
     (RVTCConfig, {"mode": "budget", "max_visual_tokens": True}, "max_visual_tokens"),
     (RVTCConfig, {"mode": "edge", "max_visual_tokens": 1024}, "max_visual_tokens"),
     (RVTCConfig, {"mode": "area", "max_visual_tokens": 1024}, "max_visual_tokens"),
+    # upper bounds
+    (PVTCConfig, {"ratio": 65 * 65}, "ratio"),
+    (PVTCConfig, {"ratio": 10**20}, "ratio"),
+    (PVTCConfig, {"num_heads": 1025}, "num_heads"),
+    (PVTCConfig, {"mlp_ratio": 16.001}, "mlp_ratio"),
+    (PVTCConfig, {"mlp_ratio": 1e9}, "mlp_ratio"),
+    (LVTCConfig, {"ratio": 4097}, "ratio"),
+    (RVTCConfig, {"min_tiles": 257, "max_tiles": 300}, "min_tiles"),
+    (RVTCConfig, {"max_tiles": 257}, "max_tiles"),
+    (RVTCConfig, {"tile_size": 8193}, "tile_size"),
+    (RVTCConfig, {"mode": "budget", "max_visual_tokens": 2**20 + 1}, "max_visual_tokens"),
     # VTC: components must be config objects, not dicts or the wrong component
     (VTCConfig, {"pvtc": {"ratio": 4}}, "pvtc"),
     (VTCConfig, {"lvtc": PVTCConfig()}, "lvtc"),
@@ -137,6 +148,74 @@ def test_every_field_has_help():
 @pytest.mark.parametrize(("ratio", "window"), [(1, 1), (4, 2), (9, 3), (16, 4), (64, 8)])
 def test_pvtc_window(ratio, window):
     assert PVTCConfig(ratio=ratio).window == window
+
+
+def test_upper_bounds_are_inclusive():
+    assert PVTCConfig(ratio=PVTCConfig.MAX_RATIO).window == 64
+    assert PVTCConfig(num_heads=PVTCConfig.MAX_HEADS, mlp_ratio=PVTCConfig.MAX_MLP_RATIO).mlp_ratio == 16.0
+    assert LVTCConfig(ratio=LVTCConfig.MAX_RATIO).ratio == 4096
+    r = RVTCConfig(mode="budget", min_tiles=RVTCConfig.MAX_TILES, max_tiles=RVTCConfig.MAX_TILES,
+                   tile_size=RVTCConfig.MAX_TILE_SIZE, max_visual_tokens=RVTCConfig.MAX_VISUAL_TOKENS)
+    assert (r.max_tiles, r.tile_size, r.max_visual_tokens) == (256, 8192, 2**20)
+
+
+# Every numeric field with what it needs beside it to be checked (a budget only exists with mode="budget").
+NUMERIC_FIELDS = [
+    (PVTCConfig, "ratio", {}), (PVTCConfig, "num_heads", {}), (PVTCConfig, "mlp_ratio", {}),
+    (PVTCConfig, "drop_path", {}), (LVTCConfig, "ratio", {}), (RVTCConfig, "min_tiles", {}),
+    (RVTCConfig, "max_tiles", {}), (RVTCConfig, "tile_size", {}),
+    (RVTCConfig, "max_visual_tokens", {"mode": "budget"}),
+]
+FIELD_IDS = [f"{cls.__name__}.{name}" for cls, name, _ in NUMERIC_FIELDS]
+UNBOUNDED = {"huge": 10**400, "-huge": -(10**400), "1e20": 10**20, "1e300": 1e300, "nan": float("nan"),
+             "inf": float("inf"), "-inf": float("-inf"), "True": True, "False": False, "str": "1", "list": [4]}
+
+
+@pytest.mark.parametrize("value", UNBOUNDED.values(), ids=UNBOUNDED.keys())
+@pytest.mark.parametrize(("cls", "name", "context"), NUMERIC_FIELDS, ids=FIELD_IDS)
+def test_huge_non_finite_and_bool_values_are_config_errors(cls, name, context, value):
+    # never OverflowError (float(10**400)), TypeError or a config that later allocates a gigantic projector
+    with pytest.raises(ConfigError) as info:
+        cls(**context, **{name: value})
+    assert info.value.field == name and info.value.value is value
+
+
+@pytest.mark.parametrize("name", ["compress_layer", "restore_layer"])
+@pytest.mark.parametrize("value", [10**400, -(10**400), True, float("nan"), 2.0], ids=["huge", "-huge", "True", "nan",
+                                                                                       "2.0"])
+def test_layer_indices_are_bounded_by_the_model(name, value):
+    """Layer indices have no fixed range: any int is checked against the decoder when the config is applied."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        config = LVTCConfig(**{"compress_layer": 1, "restore_layer": None, name: value})
+        with pytest.raises(ConfigError, match="for a model with 24 decoder layers") as info:
+            config.resolve_layers(24)
+    else:
+        with pytest.raises(ConfigError) as info:
+            LVTCConfig(**{name: value})
+    assert info.value.field == name
+
+
+def test_numpy_numbers_are_accepted_and_stored_as_python_numbers():
+    np = pytest.importorskip("numpy")
+    p = PVTCConfig(ratio=np.int64(16), num_heads=np.int32(8), mlp_ratio=np.float32(2.0), drop_path=np.float64(0.5))
+    assert (p.ratio, p.num_heads, p.mlp_ratio, p.drop_path) == (16, 8, 2.0, 0.5)
+    assert type(p.ratio) is int and type(p.mlp_ratio) is float
+    with pytest.raises(ConfigError):
+        PVTCConfig(mlp_ratio=np.float64("nan"))
+    with pytest.raises(ConfigError):
+        PVTCConfig(ratio=np.bool_(True))
+
+
+def test_every_numeric_field_documents_its_range():
+    documented = {
+        (PVTCConfig, "ratio"): "4096", (PVTCConfig, "num_heads"): "1..1024", (PVTCConfig, "mlp_ratio"): "<= 16",
+        (PVTCConfig, "drop_path"): "0 <= p < 1", (LVTCConfig, "ratio"): "1..4096",
+        (LVTCConfig, "compress_layer"): "decoder layers", (LVTCConfig, "restore_layer"): "layer count",
+        (RVTCConfig, "min_tiles"): "1..256", (RVTCConfig, "max_tiles"): "min_tiles..256",
+        (RVTCConfig, "tile_size"): "1..8192", (RVTCConfig, "max_visual_tokens"): "1..1048576",
+    }
+    for (cls, name), text in documented.items():
+        assert text in next(f for f in dataclasses.fields(cls) if f.name == name).metadata["help"], (cls, name)
 
 
 def test_valid_corner_cases():

@@ -3,6 +3,7 @@
 Reference values come from brute force over the visual layout (no vtc.ops), on tiny random models.
 """
 
+import copy
 
 import pytest
 import torch
@@ -331,15 +332,19 @@ def test_a_4d_attention_mask_is_refused():
         model(**{**inputs, "attention_mask": mask})
 
 
-def test_a_cache_from_an_earlier_prefill_or_a_cropped_cache_is_refused():
+def test_each_cache_keeps_its_own_prefill_and_a_cropped_cache_is_refused():
     model, processor, inputs = tiny("llava", batch=1)
     vtc.compress(model, lvtc(), processor=processor)
     next_token = {"input_ids": torch.tensor([[7]])}
     with torch.no_grad():
         first = model(**inputs, use_cache=True).past_key_values
-        model(**inputs, use_cache=True)  # a new prefill: LVTC now tracks the second cache
-        with pytest.raises(vtc.UnsupportedModelError, match="latest"):
-            model(**next_token, past_key_values=first, use_cache=True)
+        alone = model(**next_token, past_key_values=copy.deepcopy(first), use_cache=True).logits
+        model(**inputs, use_cache=True)  # another prefill in between: the first cache still decodes as before
+        assert torch.equal(model(**next_token, past_key_values=first, use_cache=True).logits, alone)
+        stripped = copy.deepcopy(first)  # a cache whose prefill record was lost cannot be continued
+        del stripped._vtc_lvtc_prefill
+        with pytest.raises(vtc.UnsupportedModelError, match="no compressed prefill"):
+            model(**next_token, past_key_values=stripped, use_cache=True)
         cache = model(**inputs, use_cache=True).past_key_values
         for _ in range(2):  # decode steps on the tracked cache work
             model(**next_token, past_key_values=cache, use_cache=True)

@@ -117,9 +117,35 @@ def test_replace_method_keeps_the_signature_and_doc_and_is_undone():
 
     model = Model()
     ledger = PatchLedger()
-    ledger.replace_method(model, "features", lambda *args, **kwargs: "replaced")
-    assert model.features(1) == "replaced"
+    ledger.replace_method(model, "features", lambda original, *args, **kwargs: f"replaced {original(*args)}")
+    assert model.features(1) == "replaced original"
     assert list(inspect.signature(model.features).parameters) == ["pixel_values", "image_sizes", "kwargs"]
     assert model.features.__doc__ == "The original."
     ledger.rollback()
     assert model.features(1) == "original" and "features" not in vars(model)
+
+
+def test_a_copied_or_pickled_ledger_undoes_its_own_objects():
+    import copy
+    import pickle
+
+    toy, ledger = Toy(), PatchLedger()
+    ledger.set_attr(toy, "flag", "patched")
+    ledger.replace_method(toy, "describe", _shout)
+    ledger.add_hook(toy.register_forward_hook(_observe), "observer")
+    for clone_of in (copy.deepcopy, lambda obj: pickle.loads(pickle.dumps(obj))):
+        toy_copy, ledger_copy = clone_of((toy, ledger))
+        assert toy_copy.describe() == "CLASS METHOD" and toy_copy._forward_hooks
+        ledger_copy.rollback()
+        assert toy_copy.describe() == "class method" and toy_copy.flag == "original" and not toy_copy._forward_hooks
+        assert toy.describe() == "CLASS METHOD" and toy.flag == "patched" and toy._forward_hooks  # untouched
+    ledger.rollback()
+    assert toy.describe() == "class method" and "describe" not in vars(toy)
+
+
+def _shout(original):
+    return original().upper()
+
+
+def _observe(_module, _args, _output):
+    return None
