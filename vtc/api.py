@@ -24,6 +24,11 @@ from .registry import get_adapter
 __all__ = ["compress", "get_adapter_of", "get_config", "is_compressed", "last_stats", "unpatch"]
 
 
+#: Set on a processor that a compressed model patched: two models patching one processor could not be unpatched in
+#: any order (the second would restore the first one's patches).
+PROCESSOR_MARK = "_vtc_patched_by"
+
+
 def _installers(config: VTCConfig):
     """The install function of every enabled component, in the order they must be applied.
 
@@ -78,11 +83,21 @@ def compress(model: nn.Module, config: VTCConfig, processor: Any = None) -> nn.M
     adapter = get_adapter(model)  # raises before anything is touched
     if is_compressed(model):
         unpatch(model)
+    patches_processor = processor is not None and (config.pvtc is not None or config.rvtc is not None)
+    if patches_processor and hasattr(processor, PROCESSOR_MARK):
+        raise ConfigError(
+            "processor", type(processor).__name__, "a processor no other compressed model has patched",
+            hint=f"It is patched by {getattr(processor, PROCESSOR_MARK)}; give each compressed model its own "
+                 "processor (load it again, or copy.deepcopy it before compressing any model), or vtc.unpatch the "
+                 "other model first.",
+        )
 
     ledger = PatchLedger()
     state = VTCState(config=config, adapter=adapter, ledger=ledger, processor=processor)
     try:
         ledger.set_attr(model, STATE_ATTR, state)
+        if patches_processor:
+            ledger.set_attr(processor, PROCESSOR_MARK, f"a compressed {type(model).__name__} (id {id(model):#x})")
         for install in _installers(config):
             install(model, state)
         # Last: the recording wrappers and hooks then observe what the components produce (compressed counts and

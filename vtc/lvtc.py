@@ -217,6 +217,12 @@ class _Controller:
         if mask2d is not None and tuple(mask2d.shape) != tuple(hidden.shape[:2]):
             raise UnsupportedModelError(f"attention_mask has shape {tuple(mask2d.shape)} but the prompt is "
                                         f"{tuple(hidden.shape[:2])}: pass the processor's 2-D attention_mask")
+        if self.config.ratio == 1 and self.config.restore != "add":
+            # Nothing to pool: the layers run exactly as unpatched, with the model's own mask and positions, rather
+            # than a shorter sequence (padding runs merged) whose rebuilt mask can take another attention kernel
+            # and change the last bits of the real tokens.
+            step.prefill = step.active = False
+            return args, kwargs
         padding = None if mask2d is None else ~mask2d.bool()
         groups = group_index(step.layout, hidden.shape[1], self.config.ratio, padding=padding, device=hidden.device)
         pooled = pool(hidden, groups)
