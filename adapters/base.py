@@ -77,7 +77,7 @@ def check_placeholder_count(placeholders: int, visual_tokens: int) -> None:
         )
 
 
-def check_pixel_tiles(pixel_values: Any, tile: tuple[int, int, int], leading: Sequence[Sequence[str]] = (("n",),),
+def check_pixel_tiles(pixel_values: Any, tile: tuple[int, int, int], leading: Sequence[Sequence[str]],
                       item: str = "tile") -> None:
     """Raise `InputError` unless `pixel_values` is a tensor `(*names, channels, height, width)` for one of the
     `leading` axis names, with `tile == (channels, height, width)`, holding at least one item.
