@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._state import STATE_ATTR, VTCState
+from ._state import VTCState
 from .config import PVTCConfig
 from .errors import ConfigError
 from .pvtc import PVTCProjector
@@ -33,14 +33,7 @@ def _global_query(config: PVTCConfig, adapter) -> str:
     return config.global_query
 
 
-def _processor_being_patched(adapter) -> Any:
-    # `validate` is handed the adapter alone; `compress` records its state, with the processor it patches, on the
-    # model before any component installs.
-    state = adapter.model.__dict__.get(STATE_ATTR)
-    return None if state is None else state.processor
-
-
-def validate(config: PVTCConfig, adapter) -> None:
+def validate(config: PVTCConfig, adapter, processor: Any = None) -> None:
     """Raise `ConfigError` if `config` cannot apply to the adapter's model (before anything is changed).
 
     The ratio may not exceed the native tokens of one tile (families with a fixed token grid) or the most native
@@ -61,7 +54,7 @@ def validate(config: PVTCConfig, adapter) -> None:
             raise ConfigError("pvtc.ratio", config.ratio, f"at most {h * w}: the model makes {h}x{w} tokens per tile",
                               hint="A window larger than the whole tile has nothing left to compress.")
     else:
-        limit = adapter.max_tokens_per_image(_processor_being_patched(adapter))
+        limit = adapter.max_tokens_per_image(processor)
         if limit is not None and config.ratio > limit:
             raise ConfigError("pvtc.ratio", config.ratio,
                               f"at most {limit}: the processor gives an image at most {limit} tokens",
@@ -126,7 +119,7 @@ class _PVTCImageFeatures:
 def install(model: nn.Module, state: VTCState) -> None:
     """Apply `state.config.pvtc` to `model` (and `state.processor`), recording every change in `state.ledger`."""
     config, adapter, ledger = state.config.pvtc, state.adapter, state.ledger
-    validate(config, adapter)
+    validate(config, adapter, state.processor)
     ledger.set_attr(adapter, "pvtc_side", config.window)  # first: templates and token counts follow it
     base = adapter.base_model
     projector = build_projector(config, adapter)

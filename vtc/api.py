@@ -140,10 +140,11 @@ def get_adapter_of(model: nn.Module):
 
 
 def last_stats(model: nn.Module) -> dict[str, Any]:
-    """What the last prefill of a compressed model looked like (empty before the first forward).
+    """What the calling thread's last prefill on a compressed model looked like (empty before its first forward).
 
     A prefill is a forward that starts with an empty cache: a plain forward, or the first step of `generate`.
-    Decode steps do not overwrite it; they are counted in `decode_steps`.
+    Decode steps do not overwrite it; they are counted in `decode_steps`. Each thread sees its own last prefill, so
+    threads sharing one model (a server's request threads) never read each other's.
 
     Returns:
         `visual_tokens`: per sample, the visual tokens at the language model's input;
