@@ -395,13 +395,32 @@ def build_tiny_processor(model_type: str) -> ProcessorMixin:
 
     Families with a video processor (InternVL, OneVision, Qwen) get none (:func:`processor_without_video`), so they
     take images only. Every family's processor saves with ``save_pretrained``; ``vtc.bench.load_processor`` loads it.
+    Its chat template writes each image's placeholder as the family's own template does, then the text.
 
     Raises:
         ValueError: if ``model_type`` is not one of ``TINY_FAMILIES``.
     """
+    _check_family(model_type)
+    processor = _bare_processor(model_type)
+    processor.chat_template = _chat_template(model_type)
+    return processor
+
+
+def _chat_template(model_type: str) -> str:
+    """A minimal chat template: the images' placeholders as the family's own template writes them, then the text.
+
+    Prompts built from messages (`vtc.tasks.build_prompt`, `Adapter.example_inputs`) then carry what the family
+    needs around each image (Qwen's M-RoPE index looks for the vision start token).
+    """
+    image = image_placeholder(model_type)
+    return ("{% for message in messages %}{% for item in message['content'] %}"
+            f"{{% if item['type'] == 'image' %}}{image}{{% else %}}{{{{ item['text'] }}}}{{% endif %}}"
+            "{% endfor %}{% endfor %}")
+
+
+def _bare_processor(model_type: str) -> ProcessorMixin:
     import transformers as tf
 
-    _check_family(model_type)
     common = dict(image_processor=_image_processor(model_type), tokenizer=tiny_tokenizer(model_type))
     if model_type == "llava":
         return tf.LlavaProcessor(

@@ -1,6 +1,6 @@
-"""The `vtc` console script: info, the ablation harness, make-tiny, and errors that are one line on stderr."""
+"""The `vtc` console script: info, make-tiny, eval, and errors that are one line on stderr (`vtc ablate`:
+tests/test_ablate.py)."""
 
-import csv
 import json
 import subprocess
 import sys
@@ -11,7 +11,7 @@ from transformers.utils import is_flash_attn_2_available
 
 import vtc
 from vtc.adapters._tiny import TINY_FAMILIES
-from vtc.cli import default_grid, format_table, main
+from vtc.cli import main
 
 
 def test_info_lists_families_versions_and_backends(capsys):
@@ -19,96 +19,6 @@ def test_info_lists_families_versions_and_backends(capsys):
     out = capsys.readouterr().out
     for text in ("transformers", "torch", "llava_next", "qwen3_vl", "sdpa (yes)", "flash_attention_2"):
         assert text in out
-
-
-def test_ablate_writes_jsonl_and_csv_with_a_baseline_row(tmp_path, capsys):
-    out_dir = tmp_path / "run"
-    assert main(["ablate", "--families", "llava,qwen2_vl", "--repeats", "2", "--batch", "2", "--quiet",
-                 "--out", str(out_dir)]) == 0
-    printed = capsys.readouterr().out
-    assert "baseline" in printed and "FLOPs rel" in printed
-    all_rows = [json.loads(line) for line in (out_dir / "ablate.jsonl").read_text().splitlines()]
-    assert {r["config_name"] for r in all_rows} == set(default_grid())
-    rows = [r for r in all_rows if r["config_name"] == "baseline"]
-    assert [r["family"] for r in rows] == ["llava", "qwen2_vl"]
-    llava, qwen = rows
-    assert llava["visual_tokens"] == [64, 64] and llava["batch_size"] == 2
-    assert qwen["visual_tokens"] == [16, 35]
-    for row in rows:
-        assert row["flops_rel"] == 1.0 and row["latency_rel"] == 1.0
-        assert len(row["latency_ms_all"]) == 2 and row["latency_ms"] > 0
-        assert row["flops"] > 0 and row["kv_cache_mb"] > 0
-        assert len(row["layer_seq_lens"]) == 4
-        assert row["environment"]["transformers"].startswith("5.23")
-    with (out_dir / "ablate.csv").open() as f:
-        table = list(csv.DictReader(f))
-    assert len(table) == len(all_rows) and json.loads(table[0]["config"]) == {"pvtc": None, "lvtc": None, "rvtc": None}
-
-    pvtc = {(r["family"], r["config_name"]): r for r in all_rows if r["config_name"].startswith("pvtc")}
-    assert pvtc["llava", "pvtc-r1"]["visual_tokens"] == [64, 64] and pvtc["llava", "pvtc-r1"]["flops_rel"] == 1.0
-    assert pvtc["llava", "pvtc-r4"]["visual_tokens"] == [16, 16]
-    assert pvtc["llava", "pvtc-r16"]["visual_tokens"] == [4, 4]
-    assert pvtc["qwen2_vl", "pvtc-r4"]["visual_tokens"] == [4, 12]  # 4x4 and 5x7 token grids, ragged edges padded
-    assert pvtc["llava", "pvtc-r16"]["flops_rel"] < pvtc["llava", "pvtc-r4"]["flops_rel"] < 1.0
-
-    lvtc = {(r["family"], r["config_name"]): r for r in all_rows if r["config_name"].startswith("lvtc")}
-    assert len(lvtc) == 2 * 6  # ratios 4 and 16 x restore delta, add, upsample, for each family
-    for (family, name), row in lvtc.items():
-        full, short, _, last = row["layer_seq_lens"]  # layers 1 and 2 (K=1 .. L-1=2) run compressed
-        assert full == last > short == row["layer_seq_lens"][2], (family, name)
-        assert row["flops_rel"] < 1.0 and row["visual_tokens"] == rows[0 if family == "llava" else 1]["visual_tokens"]
-    assert lvtc["llava", "lvtc-r16-delta"]["flops_rel"] < lvtc["llava", "lvtc-r4-delta"]["flops_rel"]
-
-
-def test_format_table_aligns_columns():
-    class Row:
-        family, config_name, visual_tokens = "f", "baseline", [1, 2]
-        mean_layer_seq_len, flops_rel, latency_ms, latency_rel, kv_cache_mb, peak_mem_mb = 3.0, 1, 2, 1, 0.5, None
-
-    lines = format_table([Row()]).splitlines()
-    assert len(lines) == 3 and "1/2" in lines[2] and "n/a" in lines[2]
-
-
-@pytest.mark.parametrize(("family", "tokens", "pooled"), [
-    ("llava", [64, 64], [16, 16]),  # one 32 px crop per image
-    ("qwen2_vl", [16, 48], [4, 12]),  # 4x4 and 8x6 merged grids
-])
-def test_ablate_measures_a_checkpoint_folder_written_by_make_tiny(family, tokens, pooled, tmp_path, capsys,
-                                                                  monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be fetched
-    grid = {name: config for name, config in default_grid().items() if name in ("baseline", "pvtc-r4")}
-    monkeypatch.setattr("vtc.cli.default_grid", lambda: grid)  # only the rows under test, to keep it quick
-    checkpoint, out_dir = tmp_path / family, tmp_path / "run"
-    assert main(["make-tiny", family, str(checkpoint)]) == 0
-    assert main(["ablate", "--model", str(checkpoint), "--repeats", "1", "--warmup", "0", "--batch", "2", "--quiet",
-                 "--image-sizes", "32x32,64x48", "--out", str(out_dir)]) == 0
-    assert capsys.readouterr().err == ""
-    rows = {r["config_name"]: r for r in map(json.loads, (out_dir / "ablate.jsonl").read_text().splitlines())}
-    assert rows["baseline"]["family"] == family and rows["baseline"]["visual_tokens"] == tokens
-    assert rows["pvtc-r4"]["visual_tokens"] == pooled  # the loaded processor was patched too
-
-
-def test_ablate_rvtc_rows_report_tokens_per_image_and_skip_fixed_resolution_families(tmp_path, capsys, monkeypatch):
-    grid = {name: config for name, config in default_grid().items() if name in ("baseline", "rvtc-edge", "rvtc-area")}
-    assert len(grid) == 3
-    monkeypatch.setattr("vtc.cli.default_grid", lambda: grid)  # only the rows under test, to keep it quick
-    out_dir = tmp_path / "run"
-    assert main(["ablate", "--families", "llava,internvl", "--repeats", "1", "--warmup", "0", "--quiet",
-                 "--out", str(out_dir)]) == 0
-    printed = capsys.readouterr().out
-    lines = (out_dir / "ablate.jsonl").read_text().splitlines()
-    rows = {(r["family"], r["config_name"]): r for r in map(json.loads, lines)}
-    # by default one sample per image size: 1 tile | 2x1 | 2x2 | 3x1, each with a thumbnail past one tile
-    assert rows["internvl", "baseline"]["visual_tokens"] == [16, 48, 80, 64]
-    assert rows["internvl", "rvtc-edge"]["visual_tokens"] == [16, 48, 80, 48]
-    assert rows["internvl", "rvtc-area"]["visual_tokens"] == [16, 48, 16, 16]
-    assert rows["internvl", "rvtc-area"]["latency_ms"] > 0 and rows["internvl", "rvtc-area"]["skipped"] is None
-    for mode in ("edge", "area"):
-        row = rows["llava", f"rvtc-{mode}"]
-        assert "one fixed input resolution" in row["skipped"]
-        assert row["visual_tokens"] is None and row["latency_ms"] is None and row["flops_rel"] is None
-        assert f"skipped llava rvtc-{mode}: " in printed
-    assert rows["llava", "baseline"]["skipped"] is None and rows["llava", "baseline"]["visual_tokens"] == [64, 64]
 
 
 # ---------------------------------------------------------------------------------------------------------- make-tiny
@@ -144,6 +54,70 @@ def test_make_tiny_refuses_a_folder_that_is_not_empty_unless_forced(tmp_path, ca
     assert (tmp_path / "config.json").is_file() and (tmp_path / "notes.txt").read_text() == "keep me"
 
 
+# ------------------------------------------------------------------------------------------------------------- eval
+@pytest.fixture(scope="module")
+def tiny_llava_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoint") / "llava"
+    assert main(["make-tiny", "llava", str(folder)]) == 0
+    return folder
+
+
+def read_eval(out_dir):
+    summary = json.loads((out_dir / "eval.json").read_text())
+    return summary, [json.loads(line) for line in (out_dir / "eval.jsonl").read_text().splitlines()]
+
+
+def test_eval_scores_a_checkpoint_folder_on_a_task_compressed_or_not(tiny_llava_folder, tmp_path, capsys,
+                                                                      monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be fetched
+    command = ["eval", "--model", str(tiny_llava_folder), "--data", "task:majority-colour", "--size", "4", "--quiet"]
+    assert main([*command, "--out", str(tmp_path / "plain")]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.startswith("accuracy 0.") and "  n 4  visual tokens 64.0  prefill FLOPs " in out.splitlines()[0]
+    summary, rows = read_eval(tmp_path / "plain")
+    assert summary["n"] == 4 and summary["visual_tokens"] == 64 and summary["config"] is None
+    assert summary["data"] == "majority-colour" and summary["environment"]["transformers"].startswith("5.23")
+    assert [row["index"] for row in rows] == [0, 1, 2, 3]
+    assert summary["accuracy"] == sum(row["score"] for row in rows) / 4
+    assert {"task": "majority-colour", "question": "Which colour covers most of the image?"}.items() <= rows[0].items()
+    assert rows[0].keys() == {"index", "task", "question", "prediction", "answer", "score"}
+
+    config = vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4))
+    config.save(tmp_path / "pvtc.json")
+    assert main([*command, "--config", str(tmp_path / "pvtc.json"), "--out", str(tmp_path / "pvtc")]) == 0
+    compressed, _ = read_eval(tmp_path / "pvtc")
+    assert compressed["visual_tokens"] == 16 and compressed["config"] == config.to_dict()
+    assert compressed["prefill_flops"] < summary["prefill_flops"]
+
+
+def test_eval_reads_a_jsonl_file_and_takes_its_first_samples(tiny_llava_folder, tmp_path, capsys):
+    from vtc.tasks import save_jsonl, synthetic
+
+    data = save_jsonl(synthetic("more-red", "test", 3), tmp_path / "data" / "more-red.jsonl")
+    assert main(["eval", "--model", str(tiny_llava_folder), "--data", str(data), "--size", "2", "--batch-size", "1",
+                 "--quiet", "--out", str(tmp_path / "run")]) == 0
+    summary, rows = read_eval(tmp_path / "run")
+    assert summary["n"] == 2 and summary["visual_tokens"] == 128  # two images per sample
+    assert [row["answer"] for row in rows] == [sample.answer for sample in synthetic("more-red", "test", 2)]
+
+
+def test_eval_refuses_a_configuration_the_model_does_not_take_in_one_line(tiny_llava_folder, tmp_path, capsys):
+    vtc.VTCConfig(lvtc=vtc.LVTCConfig(compress_layer=9)).save(tmp_path / "deep.json")
+    assert main(["eval", "--model", str(tiny_llava_folder), "--data", "task:majority-colour", "--size", "1",
+                 "--config", str(tmp_path / "deep.json"), "--quiet", "--out", str(tmp_path / "run")]) == 1
+    assert_one_line_error(*capsys.readouterr(), "compress_layer=9 is invalid")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif("llava" not in vtc.tasks.reference_families(), reason="no reference llava model shipped")
+def test_eval_loads_a_reference_model(tmp_path, capsys):
+    assert main(["eval", "--model", "reference:llava", "--data", "task:majority-colour", "--size", "2", "--quiet",
+                 "--out", str(tmp_path)]) == 0
+    summary, _ = read_eval(tmp_path)
+    assert summary["n"] == 2 and summary["model"] == "llava"
+
+
 # ------------------------------------------------------------------------------------------------------------- errors
 def test_version(capsys):
     assert main(["--version"]) == 0
@@ -163,6 +137,9 @@ def nothing_is_built(monkeypatch):
 
     monkeypatch.setattr("vtc.adapters._tiny.build_tiny_model", refuse("build_tiny_model"))
     monkeypatch.setattr("vtc.bench.measure_configs", refuse("measure_configs"))
+    monkeypatch.setattr("vtc.evaluate", refuse("evaluate"))
+    monkeypatch.setattr("vtc.ablate.evaluate_grid", refuse("evaluate_grid"))
+    monkeypatch.setattr("vtc.tasks.reference_model", refuse("reference_model"))
     return attempts
 
 
@@ -183,7 +160,10 @@ def folders(tmp_path, tiny_config_json):
     (paths["bert"] / "config.json").write_text('{"model_type": "bert"}')
     (paths["no_weights"] / "config.json").write_text(tiny_config_json)
     (paths["busy"] / "notes.txt").write_text("")
-    paths.update(missing=tmp_path / "missing", file=paths["not_json"] / "config.json")
+    paths.update(missing=tmp_path / "missing", file=paths["not_json"] / "config.json",
+                 no_samples=tmp_path / "no_samples.jsonl", bad_sample=tmp_path / "bad_sample.jsonl")
+    paths["no_samples"].write_text("\n")
+    paths["bad_sample"].write_text('{"question": "Which colour?"}\n')
     return {f"{{{name}}}": str(path) for name, path in paths.items()}
 
 
@@ -203,7 +183,15 @@ BAD_COMMAND_LINES = [
     bad(["ablate", "--repeats", "0"], 2, "argument --repeats: expected a positive integer, got '0'"),
     bad(["ablate", "--batch", "0"], 2, "argument --batch: expected a positive integer, got '0'"),
     bad(["ablate", "--warmup", "-1"], 2, "argument --warmup: expected an integer >= 0"),
-    bad(["ablate", "--families", "llava,foo"], 2, "unknown family 'foo'; choose from internvl, llava"),
+    bad(["ablate", "--families", "llava,foo"], 2, "argument --families: no reference model for family 'foo'"),
+    bad(["ablate", "--configs", "pvtc-r3"], 2, "argument --configs: unknown configuration 'pvtc-r3'; choose from"),
+    bad(["ablate", "--size", "0"], 2, "argument --size: expected a positive integer, got '0'"),
+    bad(["ablate", "--batch-size", "x"], 2, "argument --batch-size: expected a positive integer, got 'x'"),
+    bad(["ablate", "--data", "task:nope"], 2, "argument --data: unknown task 'nope'"),
+    bad(["ablate", "--data", "task:more-red"], 2, "argument --data: applies to --model only"),
+    bad(["ablate", "--repeats", "3"], 2, "argument --repeats: applies to --model only"),
+    bad(["ablate", "--model", "{no_weights}"], 2, "argument --data: required with --model"),
+    bad(["ablate", "--model", "{not_json}", "--data", "{no_samples}"], 2, "holds no samples"),
     bad(["ablate", "--model", "{not_json}", "--families", "llava"], 2, "not allowed with argument --model"),
     bad(["ablate", "--model", "{not_json}", "--image-sizes", "640by480"], 2, "expected WxH image sizes"),
     bad(["ablate", "--image-sizes", "64x64"], 2, "argument --image-sizes: applies to --model only"),
@@ -216,11 +204,31 @@ BAD_COMMAND_LINES = [
     bad(["make-tiny", "foo", "{missing}"], 2, "argument FAMILY: unknown family 'foo'"),
     bad(["make-tiny", "llava", "{busy}"], 2, "is not empty"),
     bad(["make-tiny", "llava", "{file}"], 2, "is a file"),
+    bad(["eval", "--data", "task:majority-colour"], 2, "the following arguments are required: --model"),
+    bad(["eval", "--model", "{missing}", "--data", "task:majority-colour"], 2, "argument --model: no such folder"),
+    bad(["eval", "--model", "reference:nope", "--data", "task:majority-colour"], 2,
+        "argument --model: no reference model 'nope'; choose from"),
+    bad(["eval", "--model", "{not_json}", "--data", "task:nope"], 2,
+        "argument --data: unknown task 'nope'; choose from task:grid-readout, task:majority-colour"),
+    bad(["eval", "--model", "{not_json}", "--data", "{missing}"], 2, "missing: no such file; give a JSONL file"),
+    bad(["eval", "--model", "{not_json}", "--data", "{empty}"], 2, "empty: is a folder; give a JSONL file"),
+    bad(["eval", "--model", "{not_json}", "--data", "task:more-red", "--config", "{missing}"], 2,
+        "argument --config: cannot read"),
+    bad(["eval", "--model", "{not_json}", "--data", "task:more-red", "--config", "{file}"], 2,
+        "is not a vtc configuration"),
+    bad(["eval", "--model", "{not_json}", "--data", "task:more-red", "--size", "0"], 2, "argument --size:"),
+    bad(["eval", "--model", "{not_json}", "--data", "task:more-red", "--batch-size", "x"], 2,
+        "argument --batch-size: expected a positive integer, got 'x'"),
+    bad(["eval", "--model", "{not_json}", "--data", "task:more-red", "--out", "{file}"], 2, "argument --out:"),
+    bad(["eval", "--model", "{not_json}", "--data", "{no_samples}"], 2, "holds no samples"),
     bad(["frobnicate"], 2, "invalid choice: 'frobnicate'"),
     bad([], 2, "the following arguments are required: command"),
-    bad(["ablate", "--model", "{not_json}"], 1, "does not load: It looks like the config file"),
-    bad(["ablate", "--model", "{no_weights}"], 1, "does not load: Error no file named model.safetensors"),
-    bad(["ablate", "--model", "{bert}"], 1, "no vtc adapter for model_type 'bert'"),  # a vtc.UnsupportedModelError
+    bad(["ablate", "--model", "{not_json}", "--data", "task:more-red"], 1, "does not load: It looks like the config file"),
+    bad(["ablate", "--model", "{no_weights}", "--data", "task:more-red"], 1, "does not load: Error no file named model.safetensors"),
+    bad(["ablate", "--model", "{bert}", "--data", "task:more-red"], 1, "no vtc adapter for model_type 'bert'"),  # a vtc.UnsupportedModelError
+    bad(["eval", "--model", "{not_json}", "--data", "task:more-red"], 1, "does not load: It looks like the config"),
+    bad(["eval", "--model", "{bert}", "--data", "task:more-red"], 1, "no vtc adapter for model_type 'bert'"),
+    bad(["eval", "--model", "{not_json}", "--data", "{bad_sample}"], 1, "bad_sample.jsonl, line 1: "),  # a DataError
 ]
 
 
@@ -241,7 +249,8 @@ def test_a_bad_command_line_is_one_line_on_stderr(argv, status, fragment, folder
 
 def test_errors_from_the_console_entry_point_have_no_traceback(folders):
     # Started together: each costs an interpreter start-up and the imports of torch and transformers.
-    cases = [(["ablate", "--model", folders["{missing}"]], 2), (["ablate", "--model", folders["{bert}"]], 1)]
+    cases = [(["ablate", "--model", folders["{missing}"]], 2),
+             (["ablate", "--model", folders["{bert}"], "--data", "task:more-red"], 1)]
     runs = [subprocess.Popen([sys.executable, "-m", "vtc.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) for argv, _ in cases]
     for (_, status), run in zip(cases, runs):

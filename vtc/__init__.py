@@ -11,12 +11,14 @@ from .api import compress, get_config, is_compressed, last_stats, unpatch
 from .config import LVTCConfig, PVTCConfig, RVTCConfig, VTCConfig
 from .errors import (
     ConfigError,
+    DataError,
     InputError,
     PlaceholderMismatchError,
     UnsupportedModelError,
     UnsupportedVersionError,
     VTCError,
 )
+from .evaluate import EvalResult, evaluate
 from .pvtc import PVTCProjector
 from .registry import register_adapter, supported_models
 from .training import load_pretrained, mark_only_vtc_trainable, save_pretrained
@@ -25,6 +27,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "DataError",
+    "EvalResult",
     "InputError",
     "LVTCConfig",
     "PVTCConfig",
@@ -36,6 +40,7 @@ __all__ = [
     "VTCConfig",
     "VTCError",
     "compress",
+    "evaluate",
     "get_config",
     "is_compressed",
     "last_stats",

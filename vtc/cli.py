@@ -1,9 +1,13 @@
 """The `vtc` console script.
 
     vtc info                          supported families, versions, attention backends
-    vtc ablate                        every configuration of the grid on tiny random models of every family
-    vtc ablate --model FOLDER         the same on a local checkpoint folder (nothing is downloaded)
+    vtc ablate                        accuracy, visual tokens and FLOPs of every configuration of the grid on the
+                                      reference models shipped with vtc, on every synthetic task
+    vtc ablate --model FOLDER --data task:NAME|FILE.jsonl
+                                      the same on a local checkpoint folder (nothing is downloaded), with latency
     vtc make-tiny FAMILY FOLDER       write a tiny random model of FAMILY and its processor to FOLDER
+    vtc eval --model FOLDER --data task:NAME|FILE.jsonl
+                                      accuracy, visual tokens and prefill FLOPs of a model on samples with answers
     vtc --version
     vtc COMMAND --help                the options of a command
 
@@ -16,8 +20,6 @@ variable VTC_DEBUG=1) shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
 import json
 import os
 import platform
@@ -65,78 +67,6 @@ def cmd_info(_args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------- ablate
-def default_grid() -> dict[str, Any]:
-    """The configurations `vtc ablate` measures by default, by row name; `baseline` is the uncompressed model."""
-    import vtc
-
-    grid = {"baseline": vtc.VTCConfig()}
-    # PVTC, warm-started: ratio 1 is the model itself (the projector's own cost), 4 and 16 compress.
-    grid.update({f"pvtc-r{r}": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=r)) for r in (1, 4, 16)})
-    # RVTC, up to 6 tiles per image: the released edge-length rule and the area rule. A family with one fixed
-    # resolution has no tiles to choose: its rows are skipped, with the reason.
-    grid.update({f"rvtc-{mode}": vtc.VTCConfig(rvtc=vtc.RVTCConfig(mode=mode)) for mode in ("edge", "area")})
-    # LVTC from layer 1 to the last layer (valid on every model with 2+ decoder layers and at most 1 layer of
-    # injected visual features), at ratios 4 and 16, with each restore rule.
-    grid.update({
-        f"lvtc-r{r}-{restore}": vtc.VTCConfig(lvtc=vtc.LVTCConfig(compress_layer=1, restore_layer=-1, ratio=r,
-                                                                  restore=restore))
-        for r in (4, 16) for restore in vtc.LVTCConfig.RESTORES
-    })
-    return grid
-
-
-TABLE_COLUMNS = (
-    ("family", "family", "{}"),
-    ("config", "config_name", "{}"),
-    ("visual tokens", "visual_tokens", None),
-    ("mean layer len", "mean_layer_seq_len", "{:.1f}"),
-    ("FLOPs rel", "flops_rel", "{:.3f}"),
-    ("prefill ms", "latency_ms", "{:.2f}"),
-    ("latency rel", "latency_rel", "{:.3f}"),
-    ("KV MiB", "kv_cache_mb", "{:.2f}"),
-    ("peak MiB", "peak_mem_mb", "{:.1f}"),
-)
-
-
-def _cell(row: Any, attribute: str, fmt: str | None) -> str:
-    if getattr(row, "skipped", None) and attribute not in ("family", "config_name"):
-        return "skipped" if attribute == "visual_tokens" else "-"
-    value = getattr(row, attribute)
-    if value is None:
-        return "n/a"
-    if fmt is None:
-        return "/".join(str(v) for v in value)
-    return fmt.format(value)
-
-
-def format_table(rows: Sequence[Any]) -> str:
-    header = [title for title, _, _ in TABLE_COLUMNS]
-    body = [[_cell(row, attr, fmt) for _, attr, fmt in TABLE_COLUMNS] for row in rows]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def write_rows(rows: Sequence[Any], out_dir: Path, environment: dict[str, Any]) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jsonl, csv_path = out_dir / "ablate.jsonl", out_dir / "ablate.csv"
-    records = [{**dataclasses.asdict(row), "environment": environment} for row in rows]
-    with jsonl.open("w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-    flat_fields = [f.name for f in dataclasses.fields(rows[0]) if f.name not in ("config", "extra")]
-    with csv_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([*flat_fields, "config"])
-        for record in records:
-            writer.writerow([
-                *("/".join(map(str, v)) if isinstance(v, list) else v for v in (record[k] for k in flat_fields)),
-                json.dumps(record["config"]),
-            ])
-    return jsonl, csv_path
-
-
 def _environment(device: str, dtype: str, attn: str) -> dict[str, Any]:
     import torch
     import transformers
@@ -148,48 +78,42 @@ def _environment(device: str, dtype: str, attn: str) -> dict[str, Any]:
     }
 
 
-def _checkpoint_target(args: argparse.Namespace):
-    """`(family, model, processor, inputs_fn)` for the checkpoint folder `--model`."""
+def _load_checkpoint(args: argparse.Namespace):
+    """`(model, processor)` of the checkpoint folder `--model`, on `--device` in `--dtype`."""
     import torch
 
     from vtc.bench import load_checkpoint
-    from vtc.registry import get_adapter_class
 
     try:
         model, processor = load_checkpoint(args.model, dtype=getattr(torch, args.dtype),
                                            attn_implementation=args.attn)
     except (OSError, ValueError) as error:  # transformers' reasons; say which argument they are about
         raise OSError(f"--model {args.model} does not load: {error}") from error
-    model = model.to(args.device)
-    adapter_cls = get_adapter_class(model.config.model_type)
-    sizes = args.image_sizes or [(640, 480)]
-    batch = args.batch or len(sizes)
-
-    def real_inputs(proc):
-        return adapter_cls.example_inputs(proc, sizes, batch=batch)
-
-    return model.config.model_type, model, processor, real_inputs
+    return model.to(args.device), processor
 
 
-def _tiny_targets(args: argparse.Namespace, families: Sequence[str]):
-    """Yield `(family, model, processor, inputs_fn)` for the tiny random model of each family, one at a time."""
+def _reference_models(args: argparse.Namespace, families: Sequence[str]):
+    """Yield `(family, model, processor)` for the reference model of each family, one at a time."""
     import torch
 
-    from vtc.adapters._tiny import ablation_image_sizes, build_tiny_model, build_tiny_processor, tiny_batch
+    from vtc import tasks
 
     for family in families:
-        model = build_tiny_model(family, args.attn).to(device=args.device, dtype=getattr(torch, args.dtype))
-        processor = build_tiny_processor(family)
+        model, processor = tasks.reference_model(family, attn_implementation=args.attn)
+        yield family, model.to(device=args.device, dtype=getattr(torch, args.dtype)), processor
 
-        # One sample per image size by default: the sizes span several tile grids, so the per-image visual tokens
-        # show what resolution-dependent configurations (RVTC) do.
-        sizes = ablation_image_sizes(family)
-        batch = args.batch or len(sizes)
 
-        def tiny_inputs(proc, family=family, batch=batch, sizes=sizes):
-            return tiny_batch(family, proc, batch=batch, image_sizes=[sizes[i % len(sizes)] for i in range(batch)])
+def _load_samples(data: Path | str, size: int | None, default_size: int):
+    """The samples of `--data` (a JSONL file: its first `size`, default all; a task: `size` of its test split)."""
+    from vtc import tasks
 
-        yield family, model, processor, tiny_inputs
+    if isinstance(data, Path):
+        samples = tasks.load_jsonl(data)[:size]
+    else:
+        samples = tasks.synthetic(data, "test", size or default_size, seed=0)
+    if not samples:
+        raise UsageError(f"argument --data: {data} holds no samples")
+    return samples
 
 
 def _quiet_transformers() -> None:
@@ -199,40 +123,96 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
+#: The latency options: they apply to --model only, as the default reports no latency.
+LATENCY_OPTIONS = ("batch", "repeats", "warmup", "image_sizes")
+DEFAULT_REPEATS, DEFAULT_WARMUP = 5, 1
+NO_LATENCY_REASON = "the default reports no latency: the reference models are too small to time"
+#: Test samples per synthetic task that `vtc ablate` evaluates without `--size`.
+ABLATE_TASK_SIZE = 64
+
+
+def _check_ablate_arguments(args: argparse.Namespace) -> None:
+    """What argparse cannot tell alone: which options go together."""
+    if args.model is None:
+        for name in LATENCY_OPTIONS:
+            if getattr(args, name) is not None:
+                raise UsageError(f"argument --{name.replace('_', '-')}: applies to --model only; {NO_LATENCY_REASON}")
+        if args.data is not None:
+            raise UsageError("argument --data: applies to --model only; the default evaluates the reference models "
+                             "on every synthetic task")
+    elif args.data is None:
+        raise UsageError("argument --data: required with --model: the samples to score it on, FILE.jsonl or "
+                         "task:NAME (e.g. task:majority-colour)")
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from vtc.adapters._tiny import TINY_FAMILIES
-    from vtc.bench import measure_configs
+    from vtc import ablate, tasks
+    from vtc.plots import plotting_available
 
-    if args.image_sizes and not args.model:
-        raise UsageError("argument --image-sizes: applies to --model only; the tiny models come with their own sizes")
+    _check_ablate_arguments(args)
     _quiet_transformers()
     torch.manual_seed(0)
-    grid = default_grid()
-    if args.model:
-        # Loaded before the progress bar is drawn, so that a folder that does not load fails before anything else.
-        targets = [_checkpoint_target(args)]
-        num_models = 1
+    grid = {name: config for name, config in ablate.default_grid().items()
+            if args.configs is None or name in {ablate.BASELINE, *args.configs}}
+    # The data, then the checkpoint, before the progress bar is drawn: what does not load fails before anything runs.
+    if args.model:  # the data is one task
+        data = {str(args.data) if isinstance(args.data, str) else args.data.stem:
+                _load_samples(args.data, args.size, ABLATE_TASK_SIZE)}
+        model, processor = _load_checkpoint(args)
+        models, num_models = [(model.config.model_type, model, processor)], 1
     else:
-        families = args.families or TINY_FAMILIES
-        targets, num_models = _tiny_targets(args, families), len(families)
+        families = args.families or tasks.reference_families()
+        data = {task: _load_samples(task, args.size, ABLATE_TASK_SIZE) for task in tasks.available()}
+        models, num_models = _reference_models(args, families), len(families)
     rows = []
-    with tqdm(total=num_models * len(grid) * args.repeats, desc="vtc ablate", unit="prefill",
+    with tqdm(total=num_models * len(grid) * sum(map(len, data.values())), desc="vtc ablate", unit="sample",
               disable=args.quiet, file=sys.stderr) as bar:
-        for family, model, processor, inputs_fn in targets:
+        for family, model, processor in models:
             bar.set_postfix_str(family)
-            rows.extend(measure_configs(model, processor, grid, inputs_fn, family=family, repeats=args.repeats,
-                                        warmup=args.warmup, progress=bar.update))
-    print(format_table(rows))
-    for row in rows:
-        if row.skipped:
-            print(f"skipped {row.family} {row.config_name}: {row.skipped}")
+            rows += ablate.evaluate_grid(model, processor, grid, data, family=family, batch_size=args.batch_size,
+                                         progress=bar.update)
+    latency_setup = _measure_latency(args, model, processor, grid, rows) if args.model else None
+    print(ablate.format_table(rows))
+    print()
+    print(ablate.legend(rows, latency_setup))
+
     out_dir = args.out or Path("vtc_results") / time.strftime("ablate-%Y%m%d-%H%M%S")
-    jsonl, csv_path = write_rows(rows, out_dir, _environment(args.device, args.dtype, args.attn))
+    jsonl, csv_path = ablate.write_rows(rows, out_dir, _environment(args.device, args.dtype, args.attn))
     print(f"\nwrote {jsonl} and {csv_path}")
+    if plotting_available():
+        print(f"wrote {ablate.write_pareto(rows, grid, out_dir / 'pareto.png')}")
+    else:
+        print('for the accuracy-against-cost picture (pareto.png): pip install "vtc[plot]"')
     return 0
+
+
+def _measure_latency(args: argparse.Namespace, model, processor, grid, rows) -> str:
+    """Time every configuration's prefill on the checkpoint (`vtc.bench.measure_configs`), join the timings to
+    `rows`, and return what was timed, for the legend."""
+    from tqdm.auto import tqdm
+
+    from vtc import ablate
+    from vtc.bench import measure_configs
+    from vtc.registry import get_adapter_class
+
+    adapter_cls = get_adapter_class(model.config.model_type)
+    sizes = args.image_sizes or [(640, 480)]
+    batch = args.batch or len(sizes)
+    repeats = args.repeats or DEFAULT_REPEATS
+    warmup = DEFAULT_WARMUP if args.warmup is None else args.warmup
+
+    def real_inputs(proc):
+        return adapter_cls.example_inputs(proc, sizes, batch=batch)
+
+    with tqdm(total=len(grid) * repeats, desc="vtc ablate latency", unit="prefill", disable=args.quiet,
+              file=sys.stderr) as bar:
+        ablate.add_latency(rows, measure_configs(model, processor, grid, real_inputs, family=model.config.model_type,
+                                                 repeats=repeats, warmup=warmup, progress=bar.update))
+    images = ",".join(f"{w}x{h}" for w, h in sizes)
+    return f"{repeats} rounds of one prefill of {batch} synthetic image(s) {images} on {args.device}"
 
 
 # ---------------------------------------------------------------------------------------------------------- make-tiny
@@ -250,6 +230,53 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     build_tiny_processor(args.family).save_pretrained(folder)
     print(f"wrote a tiny random {args.family} model (seed {args.seed}) and its processor to {folder}")
     print(f"measure it with: vtc ablate --model {folder}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------- eval
+def _eval_model(source: Path | str):
+    """`(model, processor)` for `--model`: a checkpoint folder, or the family of a shipped reference model."""
+    from vtc import tasks
+    from vtc.bench import load_checkpoint
+
+    if not isinstance(source, Path):
+        return tasks.reference_model(source)
+    try:
+        return load_checkpoint(source)
+    except (OSError, ValueError) as error:  # transformers' reasons; say which argument they are about
+        raise OSError(f"--model {source} does not load: {error}") from error
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import vtc
+
+    _quiet_transformers()
+    # The data first: a file that does not load fails before the model is read.
+    samples = _load_samples(args.data, args.size, EVAL_TASK_SIZE)
+    model, processor = _eval_model(args.model)
+    if args.config is not None:
+        vtc.compress(model, args.config, processor=processor)
+    result = vtc.evaluate(model, processor, samples, batch_size=args.batch_size, progress=not args.quiet)
+    print(f"accuracy {result.accuracy:.3f}  n {result.n}  visual tokens {result.visual_tokens:.1f}  "
+          f"prefill FLOPs {result.prefill_flops:.4g}  {result.seconds:.1f} s")
+
+    out_dir = args.out or Path("vtc_results") / time.strftime("eval-%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary, per_sample = out_dir / "eval.json", out_dir / "eval.jsonl"
+    parameter = next(model.parameters())
+    record = {key: value for key, value in result.to_dict().items() if key != "per_sample"}
+    record.update(
+        model=str(args.model), data=str(args.data),
+        config=None if args.config is None else args.config.to_dict(),
+        environment=_environment(str(parameter.device), str(parameter.dtype).removeprefix("torch."),
+                                 model.config._attn_implementation),
+    )
+    summary.write_text(json.dumps(record, indent=2) + "\n")
+    with per_sample.open("w") as f:
+        for index, (sample, outcome) in enumerate(zip(samples, result.per_sample)):
+            f.write(json.dumps({"index": index, "task": sample.task, "question": sample.question,
+                                **outcome._asdict()}) + "\n")
+    print(f"wrote {summary} and {per_sample}")
     return 0
 
 
@@ -296,9 +323,27 @@ def tiny_family(text: str) -> str:
     return text
 
 
-def tiny_families(text: str) -> list[str]:
-    """A comma-separated list of tiny families, in the order given, without repeats."""
-    return list(dict.fromkeys(tiny_family(name.strip()) for name in text.split(",")))
+def reference_families(text: str) -> list[str]:
+    """A comma-separated list of families with a shipped reference model, in the order given, without repeats."""
+    from vtc import tasks
+
+    shipped, names = tasks.reference_families(), list(dict.fromkeys(name.strip() for name in text.split(",")))
+    for name in names:
+        if name not in shipped:
+            raise argparse.ArgumentTypeError(f"no reference model for family {name!r}; choose from "
+                                             f"{', '.join(shipped) or '(none shipped)'}")
+    return names
+
+
+def grid_configs(text: str) -> list[str]:
+    """A comma-separated list of row names of `vtc ablate`'s grid."""
+    from vtc.ablate import default_grid
+
+    grid, names = default_grid(), list(dict.fromkeys(name.strip() for name in text.split(",")))
+    for name in names:
+        if name not in grid:
+            raise argparse.ArgumentTypeError(f"unknown configuration {name!r}; choose from {', '.join(grid)}")
+    return names
 
 
 ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
@@ -352,6 +397,55 @@ def checkpoint_folder(text: str) -> Path:
     return folder
 
 
+REFERENCE_PREFIX, TASK_PREFIX = "reference:", "task:"
+#: Samples of a synthetic task that `vtc eval` evaluates without `--size`.
+EVAL_TASK_SIZE = 256
+
+
+def eval_model(text: str) -> Path | str:
+    """`reference:FAMILY` (a reference model shipped with vtc): the family; else a checkpoint folder: its path."""
+    if not text.startswith(REFERENCE_PREFIX):
+        return checkpoint_folder(text)
+    from vtc import tasks
+
+    family, shipped = text[len(REFERENCE_PREFIX):], tasks.reference_families()
+    if family not in shipped:
+        raise argparse.ArgumentTypeError(f"no reference model {family!r}; choose from "
+                                         f"{', '.join(REFERENCE_PREFIX + name for name in shipped) or '(none shipped)'}")
+    return family
+
+
+def eval_data(text: str) -> Path | str:
+    """`task:NAME` (a synthetic task): its name; else a JSONL file: its path."""
+    from vtc import tasks
+
+    if text.startswith(TASK_PREFIX):
+        name = text[len(TASK_PREFIX):]
+        if name not in tasks.available():
+            raise argparse.ArgumentTypeError(f"unknown task {name!r}; choose from "
+                                             f"{', '.join(TASK_PREFIX + task for task in tasks.available())}")
+        return name
+    path = Path(text)
+    if not path.is_file():
+        problem = "is a folder" if path.is_dir() else "no such file"
+        raise argparse.ArgumentTypeError(f"{text}: {problem}; give a JSONL file of samples or task:NAME, e.g. "
+                                         "task:majority-colour")
+    return path
+
+
+def vtc_config_file(text: str):
+    """A `vtc.VTCConfig` read from a JSON file (as `VTCConfig.save` writes it)."""
+    from vtc import VTCConfig
+
+    try:
+        return VTCConfig.load(text)
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {error.strerror}") from None
+    except (ValueError, TypeError, VTCError) as error:  # not JSON, or not a valid configuration
+        raise argparse.ArgumentTypeError(f"{text} is not a vtc configuration: {' '.join(str(error).split())}"
+                                         ) from None
+
+
 def output_folder(text: str) -> Path:
     folder = Path(text)
     if folder.exists() and not folder.is_dir():
@@ -387,28 +481,42 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="supported families, versions, attention backends",
                    parents=[debug]).set_defaults(func=cmd_info)
 
-    ablate = sub.add_parser("ablate", help="measure every configuration of the grid side by side", parents=[debug])
+    ablate = sub.add_parser("ablate", parents=[debug],
+                            help="accuracy against cost of every configuration of the grid, side by side")
     model = ablate.add_mutually_exclusive_group()
     model.add_argument("--model", type=checkpoint_folder, metavar="FOLDER",
-                       help="a local checkpoint folder (default: tiny random models of every family)")
-    model.add_argument("--families", type=tiny_families, metavar="FAMILY,...",
-                       help="comma-separated model types for the tiny default (default: all)")
-    ablate.add_argument("--batch", type=positive_int, help="samples per prefill, one image each, cycling through the "
-                                                          "image sizes (default: one sample per image size)")
-    ablate.add_argument("--repeats", type=positive_int, default=5,
-                        help="timed rounds; the median is reported (default 5)")
-    ablate.add_argument("--warmup", type=non_negative_int, default=1,
-                        help="untimed prefills per configuration (default 1)")
+                       help="a local checkpoint folder, scored on --data and timed (default: the reference models "
+                            "shipped with vtc on every synthetic task, untimed)")
+    model.add_argument("--families", type=reference_families, metavar="FAMILY,...",
+                       help="comma-separated families of the reference models (default: all)")
+    ablate.add_argument("--data", type=eval_data, metavar="FILE.jsonl|task:NAME",
+                        help="with --model: a JSONL file of samples (vtc.tasks.load_jsonl), or a synthetic task's "
+                             "test split")
+    ablate.add_argument("--configs", type=grid_configs, metavar="NAME,...",
+                        help="only these rows of the grid, and the baseline they are relative to (default: all)")
+    ablate.add_argument("--size", type=positive_int, metavar="N",
+                        help=f"test samples per task (default {ABLATE_TASK_SIZE}); of a file, its first N "
+                             "(default all)")
+    ablate.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
+                        help="samples per generate call while scoring (default 16)")
+    latency = ablate.add_argument_group("latency, with --model only")
+    latency.add_argument("--batch", type=positive_int, help="samples per timed prefill, one image each, cycling "
+                                                           "through the image sizes (default: one per image size)")
+    latency.add_argument("--repeats", type=positive_int,
+                         help=f"timed rounds; the median is reported (default {DEFAULT_REPEATS})")
+    latency.add_argument("--warmup", type=non_negative_int,
+                         help=f"untimed prefills per configuration (default {DEFAULT_WARMUP})")
+    latency.add_argument("--image-sizes", type=image_sizes, metavar="WxH,...",
+                         help="the synthetic images of the timed prefills, one per sample, cycled (default 640x480)")
     ablate.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     ablate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ablate.add_argument("--attn", type=attention_backend, default="sdpa",
                         help=f"attention backend: {', '.join(ATTENTION_CHOICES)} (default sdpa; `vtc info` lists "
                              "what this environment has)")
-    ablate.add_argument("--image-sizes", type=image_sizes, metavar="WxH,...",
-                        help="the images for --model, one per sample, cycled (default 640x480)")
     ablate.add_argument("--out", type=output_folder, metavar="FOLDER",
-                        help="output folder for ablate.jsonl and ablate.csv (default vtc_results/ablate-<time>)")
-    ablate.add_argument("--quiet", action="store_true", help="no progress bar")
+                        help="output folder for ablate.jsonl, ablate.csv and pareto.png (default "
+                             "vtc_results/ablate-<time>)")
+    ablate.add_argument("--quiet", action="store_true", help="no progress bars")
     ablate.set_defaults(func=cmd_ablate)
 
     make_tiny = sub.add_parser("make-tiny", parents=[debug],
@@ -420,6 +528,24 @@ def build_parser() -> argparse.ArgumentParser:
     make_tiny.add_argument("--force", action="store_true",
                            help="write into a folder that is not empty (files of the same names are replaced)")
     make_tiny.set_defaults(func=cmd_make_tiny)
+
+    evaluate = sub.add_parser("eval", parents=[debug],
+                              help="accuracy, visual tokens and prefill FLOPs of a model on samples with answers")
+    evaluate.add_argument("--model", type=eval_model, required=True, metavar="FOLDER|reference:FAMILY",
+                          help="a local checkpoint folder, or a reference model shipped with vtc")
+    evaluate.add_argument("--data", type=eval_data, required=True, metavar="FILE.jsonl|task:NAME",
+                          help="a JSONL file of samples (vtc.tasks.load_jsonl), or a synthetic task's test split")
+    evaluate.add_argument("--config", type=vtc_config_file, metavar="FILE.json",
+                          help="compress the model with this configuration (VTCConfig.save writes one; default: "
+                               "uncompressed)")
+    evaluate.add_argument("--size", type=positive_int, metavar="N",
+                          help=f"samples of the task (default {EVAL_TASK_SIZE}); of a file, its first N (default all)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
+                          help="samples per generate call (default 16)")
+    evaluate.add_argument("--out", type=output_folder, metavar="FOLDER",
+                          help="output folder for eval.json and eval.jsonl (default vtc_results/eval-<time>)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 

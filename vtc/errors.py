@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DataError",
     "InputError",
     "PlaceholderMismatchError",
     "UnsupportedModelError",
@@ -42,3 +43,15 @@ class PlaceholderMismatchError(VTCError, ValueError):
 class InputError(VTCError, ValueError):
     """The image inputs of a forward (pixel values, image sizes, grids) are not shaped as the model's processor makes
     them, e.g. pixel values of another size than the vision tower's tile."""
+
+
+class DataError(VTCError, ValueError):
+    """A dataset file or folder cannot be loaded as samples. The message starts with where: the file and the
+    1-based line (JSONL) or row (a `datasets` folder)."""
+
+    def __init__(self, message: str, *, path: object = None, line: int | None = None, row: int | None = None):
+        self.path, self.line, self.row = path, line, row
+        where = [str(path)] if path is not None else []
+        where += [f"line {line}"] if line is not None else []
+        where += [f"row {row}"] if row is not None else []
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)

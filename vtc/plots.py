@@ -3,7 +3,9 @@
     vtc.plots.pareto(points, "pareto.png")
 
 One panel per task and cost axis (visual tokens at the LLM input, prefill FLOPs relative to the uncompressed model),
-one marker style per component, one colour per model; the uncompressed model is the large star.
+one marker style per component, one colour per model; the uncompressed model is the star. Markers are hollow and each
+model's are a different size, so points that coincide (every model's baseline, a configuration that changes nothing)
+stay visible as concentric outlines.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class ParetoPoint:
     Args:
         model: the model's name (a family or a checkpoint), one colour each.
         task: the task (one panel each).
-        config_name: the row name of the configuration (its label on the picture).
+        config_name: the row name of the configuration.
         components: the components it enables, e.g. `("pvtc",)`; empty for the uncompressed model.
         accuracy: the mean score in [0, 1].
         visual_tokens: mean visual tokens per sample at the LLM input.
@@ -77,6 +79,8 @@ def pareto(points: Sequence[ParetoPoint], path: str | os.PathLike) -> Path:
     tasks = sorted({p.task for p in points})
     models = sorted({p.model for p in points})
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    # Largest for the first model: coinciding points of several models nest instead of hiding each other.
+    sizes = {m: 40 * (1 + 0.8 * (len(models) - 1 - i)) for i, m in enumerate(models)}
     figure, axes = plt.subplots(len(_COSTS), len(tasks), figsize=(4.2 * len(tasks), 7.2), squeeze=False)
     for column, task in enumerate(tasks):
         for row, (cost, label) in enumerate(_COSTS):
@@ -84,19 +88,21 @@ def pareto(points: Sequence[ParetoPoint], path: str | os.PathLike) -> Path:
             for point in (p for p in points if p.task == task):
                 baseline = not point.components
                 axis.scatter(getattr(point, cost), point.accuracy, marker=_marker(point.components),
-                             s=160 if baseline else 45, color=colours[point.model],
-                             edgecolors="black" if baseline else "none", zorder=3 if baseline else 2)
+                             s=sizes[point.model] * (1.6 if baseline else 1), facecolors="none",
+                             edgecolors=colours[point.model], linewidths=1.4)
             axis.set_xlabel(label)
             axis.set_ylim(-0.03, 1.03)
             axis.grid(alpha=0.3)
-            axis.set_xlim(left=0)  # zero cost is the honest origin of a saving
+            # Zero cost is the honest origin of a saving; the margin keeps the baseline's markers whole.
+            axis.set_xlim(0, 1.08 * max(getattr(p, cost) for p in points if p.task == task))
             if column == 0:
                 axis.set_ylabel("accuracy")
             if row == 0:
                 axis.set_title(task)
-    legend = [Line2D([], [], marker=m, linestyle="", color="gray", label=name, markersize=8)
+    legend = [Line2D([], [], marker=m, linestyle="", color="gray", markerfacecolor="none", label=name, markersize=8)
               for name, m in [*_MARKERS.items(), ("several", _COMBINED_MARKER)]]
-    legend += [Line2D([], [], marker="o", linestyle="", color=colours[m], label=m, markersize=8) for m in models]
+    legend += [Line2D([], [], marker="o", linestyle="", color=colours[m], markerfacecolor="none", label=m,
+                      markersize=sizes[m] ** 0.5) for m in models]
     figure.legend(handles=legend, loc="lower center", ncol=min(len(legend), 8), frameon=False)
     figure.tight_layout(rect=(0, 0.07, 1, 1))
     out = Path(path)

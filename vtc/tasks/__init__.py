@@ -4,8 +4,11 @@
     vtc.tasks.score(samples[0], "red blue ...")
 """
 
+from .datasets import load_from_disk, load_jsonl, save_jsonl
 from .prompt import build_prompt
+from .reference import reference_families, reference_model
 from .sample import Sample
 from .synthetic import available, score, synthetic
 
-__all__ = ["Sample", "available", "build_prompt", "score", "synthetic"]
+__all__ = ["Sample", "available", "build_prompt", "load_from_disk", "load_jsonl", "reference_families",
+           "reference_model", "save_jsonl", "score", "synthetic"]

@@ -83,8 +83,9 @@ def _more_red(rng: random.Random) -> Sample:
 
 
 def _fraction_of_words(prediction: str, answer: str) -> float:
-    """The fraction of the answer's words that the prediction has at the same position."""
-    expected, predicted = answer.split(), prediction.split()
+    """The fraction of the answer's words that the prediction has at the same position (case and a final full stop
+    ignored, as by exact match)."""
+    expected, predicted = _normalised(answer).split(), _normalised(prediction).split()
     return sum(p == e for p, e in zip(predicted, expected)) / max(len(expected), 1)
 
 
@@ -127,5 +128,5 @@ def synthetic(name: str, split: str = "test", size: int = 256, seed: int = 0) ->
 
 def score(sample: Sample, prediction: str) -> float:
     """The score in [0, 1] of `prediction` for `sample`: the fraction of cells right for `grid-readout`, exact match
-    (case, surrounding spaces and a final full stop ignored) for every other task and for datasets."""
+    for every other task and for datasets; both ignore case, surrounding spaces and a final full stop."""
     return _SCORERS.get(sample.task, _exact_match)(prediction, sample.answer)

@@ -1,0 +1,176 @@
+"""Accuracy and cost of a model on samples with known answers, compressed or not.
+
+    result = vtc.evaluate(model, processor, vtc.tasks.synthetic("majority-colour", "test", 256))
+    result.accuracy, result.visual_tokens, result.prefill_flops
+
+Generation is batched, greedy and left-padded. The costs are means over samples and do not depend on `batch_size`:
+a sample's visual tokens are its own placeholders, and its prefill FLOPs count the tokens each decoder layer
+processed for it, without the padding that batching adds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .api import get_config, is_compressed, last_stats
+from .flops import decoder_dims, prefill_flops
+from .ops import compressed_lengths
+from .registry import get_adapter
+from .tasks import Sample, build_prompt, score
+
+__all__ = ["EvalResult", "SampleResult", "evaluate"]
+
+#: Tokens `generate` may write beyond the longest reference answer when `max_new_tokens=None`: room for an
+#: end-of-sequence token and a little more, so that an answer running past the reference is scored as written, not
+#: cut down to a match.
+ANSWER_MARGIN = 4
+
+
+class SampleResult(NamedTuple):
+    """One sample's outcome."""
+
+    prediction: str
+    answer: str
+    score: float
+
+
+@dataclass
+class EvalResult:
+    """What `evaluate` measured; every mean is over samples.
+
+    Args:
+        accuracy: the mean score (`vtc.tasks.score`).
+        n: the number of samples.
+        per_sample: each sample's outcome, in the order of the samples given.
+        visual_tokens: the mean number of image placeholders at the language model's input.
+        prefill_flops: the mean analytic prefill FLOPs (`vtc.flops`) with the lengths the decoder layers processed.
+        seconds: the wall time of the whole evaluation.
+    """
+
+    accuracy: float
+    n: int
+    per_sample: list[SampleResult]
+    visual_tokens: float
+    prefill_flops: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain JSON values; `per_sample` becomes a list of dicts."""
+        return {
+            "accuracy": self.accuracy,
+            "n": self.n,
+            "visual_tokens": self.visual_tokens,
+            "prefill_flops": self.prefill_flops,
+            "seconds": self.seconds,
+            "per_sample": [outcome._asdict() for outcome in self.per_sample],
+        }
+
+
+def _default_max_new_tokens(tokenizer: Any, samples: Sequence[Sample]) -> int:
+    longest = max(len(tokenizer(sample.answer, add_special_tokens=False)["input_ids"]) for sample in samples)
+    return longest + ANSWER_MARGIN
+
+
+def _layer_lens_per_sample(model: nn.Module, num_layers: int, attention_mask: torch.Tensor) -> list[list[int]]:
+    """Per sample of the prefill just run, the tokens each decoder layer processed for it, padding excluded.
+
+    The lengths the layers ran (`last_stats`) are the batch's: padded to its longest prompt, so they depend on which
+    samples share a batch. A sample's own are its unpadded length, and under LVTC, in the compressed layers, its
+    compressed length, which `compressed_lengths` computes from the recorded visual layout exactly as LVTC groups
+    the tokens. In a batch, a sample's run of left padding becomes one masked slot of its compressed sequence: not
+    counted, as the sample alone has no padding.
+    """
+    lengths = attention_mask.sum(dim=1).tolist()
+    lvtc = get_config(model).lvtc if is_compressed(model) else None
+    if lvtc is None:
+        return [[length] * num_layers for length in lengths]
+    first, restore = lvtc.resolve_layers(num_layers)
+    compressed_layers = range(first, num_layers if restore is None else restore)
+    padding = (attention_mask == 0).cpu()
+    layout = last_stats(model)["visual_layout"] or [()] * len(lengths)  # None for a batch without images
+    grouped = compressed_lengths(layout, attention_mask.shape[1], lvtc.ratio, padding=padding)
+    compressed = [groups - int(bool(pad.any())) for groups, pad in zip(grouped, padding)]
+    return [[short if layer in compressed_layers else full for layer in range(num_layers)]
+            for full, short in zip(lengths, compressed)]
+
+
+def evaluate(
+    model: nn.Module,
+    processor: Any,
+    samples: Sequence[Sample],
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Generate an answer to every sample greedily, score it, and measure what the prefills cost.
+
+    Args:
+        model: a model of a supported family, compressed with `vtc.compress` or not.
+        processor: its processor (the one passed to `vtc.compress`, if any). Its tokenizer pads on the left during
+            the call; the processor is left as it was.
+        samples: the samples (`vtc.tasks.synthetic`, a dataset); prompts come from `vtc.tasks.build_prompt`.
+        batch_size: samples per `generate` call.
+        max_new_tokens: the most tokens generated per answer; `None`: the longest reference answer's token count
+            plus `ANSWER_MARGIN`.
+        progress: draw a progress bar on standard error.
+
+    Returns:
+        An `EvalResult`. The model runs in eval mode without gradients; the training mode of every module is
+        restored afterwards.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    samples = list(samples)
+    if not samples:
+        raise ValueError("evaluate needs at least one sample")
+    tokenizer = processor.tokenizer
+    if max_new_tokens is None:
+        max_new_tokens = _default_max_new_tokens(tokenizer, samples)
+    adapter = get_adapter(model)
+    text_config, parameter = adapter.text_config, next(model.parameters())
+    num_layers = decoder_dims(text_config)["num_hidden_layers"]
+
+    start = time.perf_counter()
+    outcomes, visual_tokens, flops = [], [], []
+    modes, padding_side = {module: module.training for module in model.modules()}, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"  # generation continues every prompt from its last position
+    try:
+        with torch.no_grad(), tqdm(total=len(samples), desc="vtc eval", unit="sample", disable=not progress) as bar:
+            for offset in range(0, len(samples), batch_size):
+                batch = samples[offset:offset + batch_size]
+                images = [sample.images for sample in batch]
+                inputs = processor(
+                    images=images if any(images) else None,  # some processors refuse a batch of empty image lists
+                    text=[build_prompt(processor, sample) for sample in batch], return_tensors="pt", padding=True,
+                ).to(device=parameter.device, dtype=parameter.dtype)  # integer tensors keep their dtype
+                output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+                prompt_length = inputs["input_ids"].shape[1]
+                predictions = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+                for sample, prediction in zip(batch, predictions):
+                    prediction = prediction.strip()
+                    outcomes.append(SampleResult(prediction, sample.answer, score(sample, prediction)))
+                visual_tokens += (inputs["input_ids"] == adapter.image_token_id).sum(dim=1).tolist()
+                flops += [prefill_flops(text_config, lens).total
+                          for lens in _layer_lens_per_sample(model, num_layers, inputs["attention_mask"])]
+                bar.update(len(batch))
+    finally:
+        tokenizer.padding_side = padding_side
+        for module, training in modes.items():
+            module.training = training
+    n = len(samples)
+    return EvalResult(
+        accuracy=sum(outcome.score for outcome in outcomes) / n,
+        n=n,
+        per_sample=outcomes,
+        visual_tokens=sum(visual_tokens) / n,
+        prefill_flops=sum(flops) / n,
+        seconds=time.perf_counter() - start,
+    )
