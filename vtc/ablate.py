@@ -111,7 +111,8 @@ def evaluate_grid(
     The model and processor are left uncompressed.
     """
     if BASELINE not in grid:
-        raise ValueError(f"the grid needs a {BASELINE!r} row, the reference of the relative FLOPs")
+        raise ConfigError("grid", sorted(grid), f"a grid with a {BASELINE!r} row",
+                          hint="It is the reference of the relative FLOPs.")
     rows = []
     for name, config in grid.items():
         try:  # once per model, not per task: compress is atomic, and a refusal holds for every task

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .api import get_config, is_compressed, last_stats
+from .errors import ConfigError
 from .flops import decoder_dims, prefill_flops
 from .ops import compressed_lengths
 from .registry import get_adapter
@@ -113,8 +114,8 @@ def evaluate(
 
     Args:
         model: a model of a supported family, compressed with `vtc.compress` or not.
-        processor: its processor (the one passed to `vtc.compress`, if any). Its tokenizer pads on the left during
-            the call; the processor is left as it was.
+        processor: its processor (the one passed to `vtc.compress`, if any); each call pads on the left, without
+            changing the processor (several threads may evaluate with one processor).
         samples: the samples (`vtc.tasks.synthetic`, a dataset); prompts come from `vtc.tasks.build_prompt`.
         batch_size: samples per `generate` call.
         max_new_tokens: the most tokens generated per answer; `None`: the longest reference answer's token count
@@ -126,10 +127,10 @@ def evaluate(
         restored afterwards.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise ConfigError("batch_size", batch_size, "a positive integer")
     samples = list(samples)
     if not samples:
-        raise ValueError("evaluate needs at least one sample")
+        raise ConfigError("samples", samples, "at least one sample", hint="e.g. vtc.tasks.synthetic(name, size=64).")
     tokenizer = processor.tokenizer
     if max_new_tokens is None:
         max_new_tokens = _default_max_new_tokens(tokenizer, samples)
@@ -139,9 +140,8 @@ def evaluate(
 
     start = time.perf_counter()
     outcomes, visual_tokens, flops = [], [], []
-    modes, padding_side = {module: module.training for module in model.modules()}, tokenizer.padding_side
+    modes = {module: module.training for module in model.modules()}
     model.eval()
-    tokenizer.padding_side = "left"  # generation continues every prompt from its last position
     try:
         with torch.no_grad(), tqdm(total=len(samples), desc="vtc eval", unit="sample", disable=not progress) as bar:
             for offset in range(0, len(samples), batch_size):
@@ -150,6 +150,7 @@ def evaluate(
                 inputs = processor(
                     images=images if any(images) else None,  # some processors refuse a batch of empty image lists
                     text=[build_prompt(processor, sample) for sample in batch], return_tensors="pt", padding=True,
+                    padding_side="left",  # per call, never on the shared tokenizer: generation continues each prompt
                 ).to(device=parameter.device, dtype=parameter.dtype)  # integer tensors keep their dtype
                 output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
                 prompt_length = inputs["input_ids"].shape[1]
@@ -162,7 +163,6 @@ def evaluate(
                           for lens in _layer_lens_per_sample(model, num_layers, inputs["attention_mask"])]
                 bar.update(len(batch))
     finally:
-        tokenizer.padding_side = padding_side
         for module, training in modes.items():
             module.training = training
     n = len(samples)

@@ -159,11 +159,11 @@ def test_to_dict_is_json():
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"batch_size": 0}, "batch_size=0 is invalid: expected a positive integer"),
     ({"samples": []}, "at least one sample"),
 ])
 def test_bad_arguments(kwargs, message):
     model, processor = build_tiny_model("llava"), build_tiny_processor("llava")
     arguments = {"samples": synthetic("majority-colour", "test", 1), **kwargs}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(vtc.ConfigError, match=message):
         vtc.evaluate(model, processor, progress=False, **arguments)
