@@ -26,7 +26,7 @@ from torch import nn
 from vtc.errors import ConfigError
 from vtc.tasks.synthetic import COLOURS, available, synthetic
 
-from ._tiny import processor_without_video
+from ._tiny import processor_without_video, word_level_tokenizer
 
 __all__ = ["EOS_ID", "PAD_ID", "REFERENCE_FAMILIES", "build_reference_model", "build_reference_processor"]
 
@@ -84,25 +84,8 @@ def _task_words() -> list[str]:
 
 def build_reference_tokenizer(family: str):
     """The word-level tokenizer of `family`: its special tokens (ids 0..), then every word of the tasks."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     specials = (*_BASE_SPECIALS, *_FAMILY_SPECIALS[family].values())
-    vocab = {tok: i for i, tok in enumerate((*specials, *_task_words()))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
-    backend.add_special_tokens([AddedToken(tok, special=True, normalized=False) for tok in specials])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_special_tokens=dict(_FAMILY_SPECIALS[family]),
-        padding_side="left",
-        model_max_length=512,
-    )
+    return word_level_tokenizer(specials, _task_words(), _FAMILY_SPECIALS[family], spaced_decoding=True)
 
 
 # ---------------------------------------------------------------------------------------------------- model

@@ -132,22 +132,35 @@ def tiny_tokenizer(model_type: str | None = None) -> PreTrainedTokenizerFast:
 
     Padding is on the left, for batched generation. No BOS is added.
     """
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
-
     if model_type is not None:
         _check_family(model_type)
-    vocab = {tok: i for i, tok in enumerate((*_SPECIAL_TOKENS, *_WORDS))}
-    assert len(vocab) == len(_SPECIAL_TOKENS) + len(_WORDS) <= VOCAB_SIZE, "tiny vocabulary must fit vocab_size"
+    assert len(_SPECIAL_TOKENS) + len(_WORDS) <= VOCAB_SIZE, "tiny vocabulary must fit vocab_size"
+    return word_level_tokenizer(_SPECIAL_TOKENS, _WORDS, _FAMILY_TOKENS.get(model_type, {}))
+
+
+def word_level_tokenizer(specials: Sequence[str], words: Sequence[str], named_tokens: dict[str, str], *,
+                         spaced_decoding: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer: `specials` (starting with ``<pad> <s> </s> <unk>``) take ids 0.., then `words`.
+
+    Text is split on whitespace and punctuation; `named_tokens` become the tokenizer's named multimodal tokens
+    (``tokenizer.image_token`` and so on). With `spaced_decoding`, decoding joins words with single spaces. Padding is
+    on the left, for batched generation; no BOS is added.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {tok: i for i, tok in enumerate((*specials, *words))}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.add_special_tokens([AddedToken(tok, special=True, normalized=False) for tok in _SPECIAL_TOKENS])
+    if spaced_decoding:
+        backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    backend.add_special_tokens([AddedToken(tok, special=True, normalized=False) for tok in specials])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
-        extra_special_tokens=dict(_FAMILY_TOKENS.get(model_type, {})),
+        extra_special_tokens=dict(named_tokens),
         padding_side="left",
         model_max_length=512,
     )
