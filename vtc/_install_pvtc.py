@@ -8,13 +8,12 @@ passes pixels to `forward`); the original projector is left untouched, so `unpat
 from __future__ import annotations
 
 import copy
-import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._state import VTCState
+from ._state import VTCState, call_arguments
 from .config import PVTCConfig
 from .errors import ConfigError
 from .pvtc import PVTCProjector
@@ -103,14 +102,14 @@ class _PVTCImageFeatures:
 
     def get_image_features(self, original, *args: Any, **kwargs: Any):
         adapter = self.adapter
-        bound = inspect.signature(original).bind_partial(*args, **kwargs).arguments
-        layer = bound.get("vision_feature_layer")
+        arguments = call_arguments(original, *args, **kwargs)
+        layer = arguments.get("vision_feature_layer")
         configured = getattr(adapter.model.config, "vision_feature_layer", None)
         if layer is not None and layer != configured:
             # the adapter reads the vision features at the configured layer: anything else would be ignored silently
             raise ConfigError("vision_feature_layer", layer, f"the model config's value {configured!r} under PVTC",
                               hint="Set model.config.vision_feature_layer before vtc.compress instead.")
-        image_inputs = adapter.image_inputs_from({**bound.pop("kwargs", {}), **bound})
+        image_inputs = adapter.image_inputs_from(arguments)
         features = adapter.vision_features(image_inputs.pop("pixel_values"), **image_inputs)
         projector = getattr(adapter.base_model, PROJECTOR_ATTR)
         return adapter.pvtc_output(_project_items(projector, adapter, features), features)

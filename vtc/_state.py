@@ -20,7 +20,7 @@ from .config import VTCConfig
 from .errors import PlaceholderMismatchError
 from .layout import BatchLayout
 
-__all__ = ["STATE_ATTR", "CallState", "VTCState", "install_instrumentation"]
+__all__ = ["STATE_ATTR", "CallState", "VTCState", "call_arguments", "forward_arguments", "install_instrumentation"]
 
 STATE_ATTR = "_vtc_state"
 
@@ -89,8 +89,20 @@ class VTCState:
         }
 
 
+def call_arguments(function: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Every argument of the call `function(*args, **kwargs)` by parameter name, `**kwargs` flattened in."""
+    bound = inspect.signature(function).bind_partial(*args, **kwargs).arguments
+    return {**bound.pop("kwargs", {}), **bound}
+
+
+def forward_arguments(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """`call_arguments` of a forward hook's call, with the class's `forward` signature read once per class."""
+    bound = _forward_signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
+    return {**bound.pop("kwargs", {}), **bound}
+
+
 @functools.lru_cache(maxsize=64)
-def _forward_signature(forward) -> inspect.Signature:
+def _forward_signature(forward) -> inspect.Signature:  # class functions only: caching instances would keep models
     return inspect.signature(forward)
 
 
@@ -142,16 +154,12 @@ class _Instrumentation:
     def get_image_features(self, original, *args, **kwargs):
         call = self.state.call
         if not call.in_forward:
-            signature = inspect.signature(original)
-            bound = signature.bind_partial(*args, **kwargs).arguments
-            flat = {**bound.pop("kwargs", {}), **bound}
-            call.pending_image_inputs = self.state.adapter.image_inputs_from(flat)
+            call.pending_image_inputs = self.state.adapter.image_inputs_from(call_arguments(original, *args, **kwargs))
         return original(*args, **kwargs)
 
     def before_forward(self, module, args, kwargs):
         adapter, call = self.state.adapter, self.state.call
-        bound = _forward_signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
-        bound = {**bound.pop("kwargs", {}), **bound}
+        bound = forward_arguments(module, args, kwargs)
         # A layout only where pixels are given: `image_sizes` alone (e.g. an `inputs_embeds` forward) is text-only,
         # as it is to the model itself.
         given = bound.get("pixel_values") is not None

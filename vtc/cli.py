@@ -303,6 +303,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def image_sizes(text: str) -> list[tuple[int, int]]:
     """`640x480,1280x720` -> `[(640, 480), (1280, 720)]`: (width, height) pairs."""
     sizes = []
@@ -458,7 +468,7 @@ class UsageError(Exception):
     """A command line that is wrong in a way only the command can tell (e.g. a folder that is not empty)."""
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     """Prints a usage error as one line, `vtc: error: <message>`, and exits with status 2. (argparse would print the
     usage block first; `vtc COMMAND --help` shows it.)"""
 
@@ -473,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="on an error, show the traceback instead of one line (also: VTC_DEBUG=1)")
 
-    parser = _OneLineErrorParser(prog="vtc", description=__doc__, formatter_class=argparse.RawTextHelpFormatter,
+    parser = OneLineErrorParser(prog="vtc", description=__doc__, formatter_class=argparse.RawTextHelpFormatter,
                                  parents=[debug])
     parser.add_argument("--version", action="version", version=f"vtc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -20,8 +20,6 @@ threads sharing one compressed model, and several generations interleaved on it,
 
 from __future__ import annotations
 
-import functools
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +28,7 @@ from torch import nn
 from torch.profiler import record_function
 from transformers.masking_utils import create_causal_mask
 
+from ._state import forward_arguments
 from .config import LVTCConfig
 from .errors import ConfigError, UnsupportedModelError
 from .layout import BatchLayout
@@ -131,8 +130,7 @@ class _Controller:
 
     # -------------------------------------------------------------------------------------------- language model
     def begin_forward(self, module, args, kwargs):
-        bound = _forward_signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
-        bound = {**bound.pop("kwargs", {}), **bound}
+        bound = forward_arguments(module, args, kwargs)
         mask, cache = bound.get("attention_mask"), bound.get("past_key_values")
         _check_attention_mask(mask)
         _check_cache(cache)
@@ -302,11 +300,6 @@ class _Controller:
         if self.config.upsample == "bilinear":
             return unpool_bilinear(compressed, step.groups, step.layout, self.config.ratio)
         return unpool(compressed, step.groups)
-
-
-@functools.lru_cache(maxsize=64)
-def _forward_signature(forward) -> inspect.Signature:
-    return inspect.signature(forward)
 
 
 def _validate(config: LVTCConfig, adapter: Any) -> tuple[int, int | None]:

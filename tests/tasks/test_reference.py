@@ -71,7 +71,7 @@ def test_training_recipe_lowers_the_loss():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the recipe runs; also the fastest for these tiny shapes on a shared machine
     try:
-        result = train("llava", steps=30, batch_size=6, warmup=5, eval_every=0, log=None)
+        result = train("llava", steps=30, batch_size=6, warmup=5, eval_every=0, progress=False)
     finally:
         torch.set_num_threads(threads)
     losses = result["losses"]

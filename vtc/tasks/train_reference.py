@@ -14,18 +14,18 @@ or at ``--steps``; it writes ``model.save_pretrained``, ``processor.save_pretrai
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..adapters._reference import EOS_ID, PAD_ID, REFERENCE_FAMILIES, build_reference_model
 from .prompt import build_prompt
@@ -112,7 +112,7 @@ def train(
     eval_size: int = 128,
     stop_at_target: bool = True,
     confirm: int = 2,
-    log: Callable[[str], None] | None = print,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train `family`'s reference model from scratch, deterministically for a given `seed`.
 
@@ -120,7 +120,8 @@ def train(
     warms up linearly over `warmup` steps, then follows a cosine to a tenth of `lr` at `steps`. Every `eval_every`
     steps (and at the end) the greedy test scores of `eval_size` samples per task are measured; with
     `stop_at_target`, training stops once every task has reached `TARGETS` at `confirm` evaluations in a row (one
-    evaluation that just clears a target on 128 samples can sit below it on a subset).
+    evaluation that just clears a target on 128 samples can sit below it on a subset). With `progress`, a bar shows
+    the steps and the running loss, and every evaluation is written under it.
 
     Returns a dict with the `model` (in eval mode), the `processor`, the per-step `losses`, the `evaluations`
     ({step: scores}), `steps` done, `wall_seconds` and the final `scores` (None when `eval_every` is 0 and no
@@ -162,6 +163,7 @@ def train(
     step = 0
     scores = None
     met_in_a_row = 0
+    bar = tqdm(total=steps, desc=f"train {family}", unit="step", disable=not progress, file=sys.stderr)
     while step < steps:
         samples: list[Sample] = []
         for task, n in zip(tasks, per_task):
@@ -176,17 +178,19 @@ def train(
         opt.step()
         step += 1
         losses.append(loss.item())
-        if log and step % 10 == 0:
-            log(f"{family} step {step} loss {sum(losses[-10:]) / 10:.4f} t={time.perf_counter() - start:.0f}s")
+        bar.update()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
         if eval_every and (step % eval_every == 0 or step == steps):
             scores = greedy_scores(model, processor, size=eval_size, seed=seed)
             evaluations[step] = scores
-            if log:
-                log(f"{family} step {step} test " + " ".join(f"{t} {v:.4f}" for t, v in scores.items()))
+            if progress:
+                bar.write(f"{family} step {step} test " + " ".join(f"{t} {v:.4f}" for t, v in scores.items()))
             met_in_a_row = met_in_a_row + 1 if all(scores[t] >= TARGETS[t] for t in TARGETS) else 0
             if stop_at_target and met_in_a_row >= confirm:
                 break
             model.train()
+    bar.close()
     model.eval()
     return dict(model=model, processor=processor, losses=losses, evaluations=evaluations, steps=step,
                 wall_seconds=time.perf_counter() - start, scores=scores)
@@ -215,18 +219,20 @@ def save(result: dict[str, Any], out: str | Path, *, family: str, seed: int, ext
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vtc.tasks.train_reference", description=__doc__.split("\n")[0])
+    from ..cli import OneLineErrorParser, non_negative_int, positive_float, positive_int
+
+    parser = OneLineErrorParser(prog="python -m vtc.tasks.train_reference", description=__doc__.split("\n")[0])
     parser.add_argument("family", choices=REFERENCE_FAMILIES)
     parser.add_argument("--out", default=None, help="output folder (default: vtc/tasks/reference/FAMILY)")
-    parser.add_argument("--steps", type=int, default=3000, help="step cap (default 3000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--eval-size", type=int, default=128)
-    parser.add_argument("--confirm", type=int, default=2,
+    parser.add_argument("--steps", type=positive_int, default=3000, help="step cap (default 3000)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--lr", type=positive_float, default=2e-3)
+    parser.add_argument("--eval-every", type=non_negative_int, default=100, help="0: no evaluation")
+    parser.add_argument("--eval-size", type=positive_int, default=128)
+    parser.add_argument("--confirm", type=positive_int, default=2,
                         help="stop once the targets are met at this many evaluations in a row (default 2)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = train(args.family, steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
