@@ -3,11 +3,12 @@
     import vtc
     model = vtc.compress(model, vtc.VTCConfig(...), processor=processor)
     vtc.last_stats(model)
+    with vtc.disabled(model): ...    # the uncompressed model, in this thread (a distillation teacher)
     vtc.unpatch(model)
 """
 
-from . import rvtc
-from .api import compress, get_config, is_compressed, last_stats, unpatch
+from . import rvtc, training
+from .api import compress, disabled, get_config, is_compressed, last_stats, unpatch
 from .config import LVTCConfig, PVTCConfig, RVTCConfig, VTCConfig
 from .errors import (
     ConfigError,
@@ -21,7 +22,7 @@ from .errors import (
 from .evaluate import EvalResult, evaluate
 from .pvtc import PVTCProjector
 from .registry import register_adapter, supported_models
-from .training import load_pretrained, mark_only_vtc_trainable, save_pretrained
+from .training import load_pretrained, load_trained, mark_only_vtc_trainable, save_pretrained
 
 __version__ = "0.1.0"
 
@@ -40,15 +41,18 @@ __all__ = [
     "VTCConfig",
     "VTCError",
     "compress",
+    "disabled",
     "evaluate",
     "get_config",
     "is_compressed",
     "last_stats",
     "load_pretrained",
+    "load_trained",
     "mark_only_vtc_trainable",
     "register_adapter",
     "rvtc",
     "save_pretrained",
     "supported_models",
+    "training",
     "unpatch",
 ]

@@ -10,7 +10,14 @@ Three primitives, each recorded with its undo action:
 
 `replace_method(obj, name, implementation)` is `set_attr` with a `MethodOverride`: it shows the original's signature
 (transformers routes keyword arguments by `inspect.signature`, e.g. `generate` with `get_image_features`) and calls
-`implementation(original, *args, **kwargs)`.
+`implementation(original, *args, **kwargs)`. `add_forward_pre_hook` / `add_forward_hook` register a torch hook
+wrapped in a `GuardedHook` and record its removal.
+
+Suspending (`with ledger.suspended():`, what `vtc.disabled` uses) makes, in the calling thread only, every model-side
+change behave as if it were not there: guarded hooks return `None` and suspendable overrides call their original.
+Overrides on objects that are not `nn.Module`s (a processor) never pass through, so that a processor shared by
+threads is never seen half-patched. The depth is a thread-local counter, so blocks nest and other threads are not
+affected.
 
 The undo actions are plain records (objects and names, never closures): a compressed model deep-copies into an
 independent compressed model whose ledger undoes the copy, and pickles (`torch.save`) with everything it needs.
@@ -21,12 +28,14 @@ independent compressed model whose ledger undoes the copy, and pickles (`torch.s
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
 
-__all__ = ["MethodOverride", "PatchLedger"]
+__all__ = ["GuardedHook", "MethodOverride", "PatchLedger"]
 
 
 class _Missing:
@@ -58,11 +67,20 @@ class MethodOverride:
     `owner`. The override holds the owner and the name, never a bound method, so a copy of the owner gets an
     override of the copy and a pickled one resolves its original again on load. `inspect.signature` shows the
     original's signature.
+
+    With a `ledger` and `suspendable`, the override calls the original directly while the ledger is suspended in
+    the calling thread (`PatchLedger.suspended`).
     """
 
-    def __init__(self, owner: Any, name: str, implementation: Callable[..., Any]):
+    # class-level defaults: an override pickled before these existed loads as one that never passes through
+    ledger: PatchLedger | None = None
+    suspendable: bool = False
+
+    def __init__(self, owner: Any, name: str, implementation: Callable[..., Any], *,
+                 ledger: PatchLedger | None = None, suspendable: bool = False):
         self.owner, self.name, self.implementation = owner, name, implementation
         self.previous = _instance_value(owner, name)
+        self.ledger, self.suspendable = ledger, suspendable
 
     @property
     def original(self) -> Callable[..., Any]:
@@ -83,10 +101,28 @@ class MethodOverride:
         return self.original
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.suspendable and self.ledger is not None and self.ledger.is_suspended:
+            return self.original(*args, **kwargs)
         return self.implementation(self.original, *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<vtc override of {type(self.owner).__name__}.{self.name}>"
+
+
+class GuardedHook:
+    """A torch forward (pre-)hook that does nothing (returns `None`) while its ledger is suspended in the calling
+    thread. A plain object rather than a closure, so that the module stays copyable and picklable."""
+
+    def __init__(self, ledger: PatchLedger, hook: Callable[..., Any]):
+        self.ledger, self.hook = ledger, hook
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.ledger.is_suspended:
+            return None
+        return self.hook(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<vtc hook {self.hook!r}>"
 
 
 class _RestoreAttribute:
@@ -110,10 +146,36 @@ class _RemoveHook:
 
 
 class PatchLedger:
-    """An append-only list of undo actions, replayed backwards by `rollback`."""
+    """An append-only list of undo actions, replayed backwards by `rollback`, and a per-thread suspension depth."""
 
     def __init__(self) -> None:
         self._undo: list[tuple[str, Callable[[], None]]] = []
+        self._threads = threading.local()
+
+    # Copies and pickles start unsuspended in every thread (a thread-local cannot be copied anyway).
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_threads"}
+
+    def __setstate__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+        self._threads = threading.local()
+
+    @property
+    def is_suspended(self) -> bool:
+        """Whether the calling thread is inside a `suspended()` block of this ledger."""
+        return getattr(self._threads, "depth", 0) > 0
+
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Inside the block, in the calling thread only: guarded hooks do nothing and suspendable overrides call
+        their original. Blocks nest; the previous depth is restored on exit, also when the block raises."""
+        threads = self._threads
+        depth = getattr(threads, "depth", 0)
+        threads.depth = depth + 1
+        try:
+            yield
+        finally:
+            threads.depth = depth
 
     def __len__(self) -> int:
         return len(self._undo)
@@ -127,16 +189,40 @@ class PatchLedger:
         setattr(obj, name, value)
         self._undo.append((f"set {type(obj).__name__}.{name}", _RestoreAttribute(obj, name, old)))
 
-    def replace_method(self, obj: Any, name: str, implementation: Callable[..., Any]) -> None:
+    def replace_method(self, obj: Any, name: str, implementation: Callable[..., Any], *,
+                       suspendable: bool | None = None) -> None:
         """Shadow the method `obj.name` by a `MethodOverride` calling `implementation(original, *args, **kwargs)`.
 
         `implementation` should be a bound method or a `functools.partial` of a module-level function (not a
         closure), so that the model stays copyable and picklable.
+
+        `suspendable`: whether the override calls the original while this ledger is suspended; by default, when
+        `obj` is an `nn.Module` (the model side). A processor's overrides stay active: the processor's patched
+        attributes are shared by every thread, and its overrides must agree with them.
         """
-        self.set_attr(obj, name, MethodOverride(obj, name, implementation))
+        if suspendable is None:
+            suspendable = isinstance(obj, nn.Module)
+        self.set_attr(obj, name, MethodOverride(obj, name, implementation, ledger=self, suspendable=suspendable))
 
     def add_hook(self, handle: Any, description: str) -> None:
+        """Record a hook handle for removal (the hook is not guarded: prefer `add_forward_pre_hook` and
+        `add_forward_hook`)."""
         self._undo.append((f"hook {description}", _RemoveHook(handle)))
+
+    def add_forward_pre_hook(self, module: nn.Module, hook: Callable[..., Any], description: str,
+                             **options: Any) -> Any:
+        """`module.register_forward_pre_hook(hook, **options)`, the hook passing through while suspended; recorded
+        for removal. Returns the handle."""
+        handle = module.register_forward_pre_hook(GuardedHook(self, hook), **options)
+        self.add_hook(handle, description)
+        return handle
+
+    def add_forward_hook(self, module: nn.Module, hook: Callable[..., Any], description: str, **options: Any) -> Any:
+        """`module.register_forward_hook(hook, **options)`, the hook passing through while suspended; recorded for
+        removal. Returns the handle."""
+        handle = module.register_forward_hook(GuardedHook(self, hook), **options)
+        self.add_hook(handle, description)
+        return handle
 
     def call_on_undo(self, fn: Callable[[], None], description: str) -> None:
         self._undo.append((description, fn))

@@ -223,10 +223,9 @@ def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
     base = adapter.base_model
     instrumentation = _Instrumentation(state)
     ledger.replace_method(base, "get_image_features", instrumentation.get_image_features)
-    ledger.add_hook(base.register_forward_pre_hook(instrumentation.before_forward, with_kwargs=True),
-                    "record image inputs")
-    ledger.add_hook(base.register_forward_hook(instrumentation.after_forward, with_kwargs=True, always_call=True),
-                    "close forward record")
+    ledger.add_forward_pre_hook(base, instrumentation.before_forward, "record image inputs", with_kwargs=True)
+    ledger.add_forward_hook(base, instrumentation.after_forward, "close forward record", with_kwargs=True,
+                            always_call=True)
     for index, layer in enumerate(adapter.decoder_layers):
-        ledger.add_hook(layer.register_forward_pre_hook(_LayerLengthRecorder(state, index), with_kwargs=True),
-                        f"record layer {index}")
+        ledger.add_forward_pre_hook(layer, _LayerLengthRecorder(state, index), f"record layer {index}",
+                                    with_kwargs=True)

@@ -8,6 +8,13 @@ samples; its prefill FLOPs are relative to the same model's `baseline` row on th
 refuses (`ConfigError`, e.g. RVTC on a family with one fixed resolution) gets a skipped row per task, with a one-line
 reason. Latency is joined in only where it means something (a real checkpoint, `add_latency`): on tiny models it
 measures Python overhead, not compute.
+
+Trained runs (`vtc train` output folders, `vtc ablate --trained`) join the table as rows of their own:
+
+    run = TrainedRun.read("runs/pvtc-r4")               # what it compresses with and how it was trained
+    model, processor = run.load()                       # vtc.training.load_trained(folder, merge_lora=True)
+    trained = evaluate_trained(model, processor, run, tasks, family=family, name=trained_row_name(run))
+    rows = join_trained(rows, trained)                  # each right after the grid row of its configuration
 """
 
 from __future__ import annotations
@@ -18,19 +25,23 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from .api import compress, unpatch
 from .bench import AblationRow
 from .config import LVTCConfig, PVTCConfig, RVTCConfig, VTCConfig
-from .errors import ConfigError
+from .errors import ConfigError, VTCError
 from .evaluate import evaluate
 from .tasks import Sample
 
-__all__ = ["ConfigResult", "add_latency", "components", "default_grid", "evaluate_grid", "format_table", "legend",
-           "write_pareto", "write_rows"]
+if TYPE_CHECKING:
+    from .plots import ParetoPoint
+
+__all__ = ["ConfigResult", "TrainedRun", "add_latency", "components", "config_label", "default_grid",
+           "evaluate_grid", "evaluate_trained", "format_table", "join_trained", "legend", "pareto_points",
+           "trained_row_name", "write_pareto", "write_rows"]
 
 BASELINE = "baseline"
 COMPONENTS = ("pvtc", "lvtc", "rvtc")
@@ -58,16 +69,36 @@ def default_grid() -> dict[str, VTCConfig]:
     return grid
 
 
-def components(config: VTCConfig) -> tuple[str, ...]:
-    """The components `config` enables, e.g. `("pvtc", "lvtc")`; empty for the uncompressed model."""
+def components(config: VTCConfig | Mapping[str, Any]) -> tuple[str, ...]:
+    """The components `config` (or its `to_dict()`) enables, e.g. `("pvtc", "lvtc")`; empty for the uncompressed
+    model."""
+    if isinstance(config, Mapping):
+        return tuple(name for name in COMPONENTS if config.get(name) is not None)
     return tuple(name for name in COMPONENTS if getattr(config, name) is not None)
+
+
+def config_label(config: VTCConfig) -> str:
+    """A row name for a configuration outside the grid, from its main settings, e.g. `pvtc-r9+lvtc-r4-add`. Where
+    that spells a grid row's name (the same main settings, others different), `-custom` is added: a row name of the
+    grid always means exactly that row's configuration."""
+    parts = []
+    if config.pvtc is not None:
+        parts.append(f"pvtc-r{config.pvtc.ratio}")
+    if config.lvtc is not None:
+        parts.append(f"lvtc-r{config.lvtc.ratio}-{config.lvtc.restore}")
+    if config.rvtc is not None:
+        parts.append(f"rvtc-{config.rvtc.mode}")
+    name = "+".join(parts) or BASELINE
+    grid = default_grid()
+    return f"{name}-custom" if name in grid and grid[name] != config else name
 
 
 @dataclass
 class ConfigResult:
     """One configuration on one task of one model. `flops_rel` is relative to the `baseline` row of the same model
     and task; the latency fields are `None` unless measured (`add_latency`). A skipped row has `skipped` set to the
-    reason and `None` for every measurement."""
+    reason and `None` for every measurement. A trained run's row (`evaluate_trained`) has `trained` set to how it was
+    trained (e.g. `compressor, 7 steps, lm`) and `run` to its folder; both are `None` on the training-free rows."""
 
     family: str
     task: str
@@ -83,6 +114,8 @@ class ConfigResult:
     kv_cache_mb: float | None = None
     peak_mem_mb: float | None = None
     skipped: str | None = None
+    trained: str | None = None
+    run: str | None = None
 
 
 def skip_reason(error: ConfigError) -> str:
@@ -138,11 +171,171 @@ def evaluate_grid(
     return sorted(rows, key=lambda row: order[row.task])  # stable: the grid's order within a task
 
 
+# ------------------------------------------------------------------------------------------------------ trained runs
+@dataclass(frozen=True)
+class TrainedRun:
+    """A training run's output folder (`vtc train`, `vtc.training.train_run`), as read without loading a model:
+    its compression (`vtc_config.json`) and what its `vtc_training.json` records.
+
+    Args:
+        folder: the run's output folder.
+        config: the configuration it compresses with.
+        stage: `compressor`, `full` or `lora`.
+        steps: the optimizer steps it ran, if recorded.
+        objective: `lm` or `distill`, if recorded.
+        base_model: the backbone it started from as recorded: `reference:FAMILY` or a folder; `None` if not recorded.
+    """
+
+    folder: Path
+    config: VTCConfig
+    stage: str
+    steps: int | None = None
+    objective: str | None = None
+    base_model: str | None = None
+
+    @classmethod
+    def read(cls, folder: str | Path) -> TrainedRun:
+        """Read the run folder `folder`.
+
+        Raises:
+            ValueError: it is not a run folder (no `vtc_config.json`), or a file in it does not parse; the message
+                says which and what to give instead.
+        """
+        from .training.checkpoint import CONFIG_NAME
+        from .training.trained import TRAINING_RECORD, run_stage
+
+        folder = Path(folder)
+        if not folder.exists():
+            raise ValueError(f"no such folder: {folder}; give the output folder of a training run (vtc train)")
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is a file; give the output folder of a training run (vtc train)")
+        if not (folder / CONFIG_NAME).is_file():
+            raise ValueError(f"{folder} has no {CONFIG_NAME}, so it is not the output folder of a training run; give "
+                             "a folder written by vtc train (or vtc.save_pretrained)")
+        try:
+            config = VTCConfig.load(folder / CONFIG_NAME)
+        except (ValueError, TypeError, VTCError) as error:
+            raise ValueError(f"{folder / CONFIG_NAME} is not a vtc configuration: {' '.join(str(error).split())}"
+                             ) from None
+        record_path = folder / TRAINING_RECORD
+        try:
+            record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        except ValueError as error:
+            raise ValueError(f"{record_path} is not JSON: {error}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{record_path} is not a training record (a JSON object)")
+        stage = run_stage(folder, record)
+        needed = {"full": ("config.json", "the fine-tuned backbone"), "lora": ("adapter_config.json", "the LoRA adapter")}
+        if stage in needed and not (folder / needed[stage][0]).is_file():
+            raise ValueError(f"{folder} is a {stage} run but has no {needed[stage][0]} ({needed[stage][1]}); give the "
+                             "complete output folder of the run")
+        steps = record.get("steps")
+        return cls(folder, config, stage, steps if isinstance(steps, int) else None, record.get("objective"),
+                   record.get("base_model"))
+
+    @property
+    def trained(self) -> str:
+        """How it was trained, for the table: e.g. `compressor, 7 steps, lm`."""
+        parts = [self.stage]
+        if self.steps is not None:
+            parts.append(f"{self.steps} steps")
+        if self.objective:
+            parts.append(str(self.objective))
+        return ", ".join(parts)
+
+    @property
+    def suffix(self) -> str:
+        """What its row name adds to the configuration's: e.g. `+full 1500 steps`."""
+        return f"+{self.stage}" + ("" if self.steps is None else f" {self.steps} steps")
+
+    def base_folder(self) -> Path | None:
+        """The folder of the backbone it started from (a reference model's for `reference:FAMILY`), resolved; `None`
+        where the record names none or an unknown reference family."""
+        from .training.trained import resolve_model
+
+        if self.base_model is None:
+            return None
+        try:
+            return resolve_model(self.base_model).resolve()
+        except ConfigError:  # reference:FAMILY of a family without a reference model
+            return None
+
+    def reference_family(self) -> str | None:
+        """The family whose reference model it started from (`reference:FAMILY`, or that model's folder); else
+        `None`."""
+        from .tasks.reference import reference_families, reference_path
+
+        base = self.base_folder()
+        return next((family for family in reference_families() if reference_path(family).resolve() == base), None)
+
+    def load(self, **options: Any) -> tuple[nn.Module, Any]:
+        """`vtc.training.load_trained(folder, merge_lora=True, **options)`: the trained, compressed model (a LoRA
+        adapter merged into the weights) and its processor."""
+        from .training.trained import load_trained
+
+        return load_trained(self.folder, merge_lora=True, **options)
+
+
+def trained_row_name(run: TrainedRun, others: Sequence[TrainedRun] = ()) -> str:
+    """The row name of a trained run: the grid row of the same configuration (else `config_label`) plus the stage and
+    steps, e.g. `pvtc-r4 +full 1500 steps`. Where another of `others` would get the same name, the folder's name is
+    added in brackets."""
+    def plain(candidate: TrainedRun) -> str:
+        same = next((name for name, config in default_grid().items() if config == candidate.config), None)
+        return f"{same or config_label(candidate.config)} {candidate.suffix}"
+
+    name = plain(run)
+    clash = any(other.folder != run.folder and plain(other) == name for other in others)
+    return f"{name} ({run.folder.name})" if clash else name
+
+
+def evaluate_trained(
+    model: nn.Module,
+    processor: Any,
+    run: TrainedRun,
+    tasks: Mapping[str, Sequence[Sample]],
+    *,
+    family: str,
+    name: str,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> list[ConfigResult]:
+    """Score the trained model of `run` (as `run.load()` returns it) on every task's samples, one row per task, as
+    `evaluate_grid` scores a configuration. `flops_rel` is left to `join_trained`."""
+    rows = []
+    for task, samples in tasks.items():
+        result = evaluate(model, processor, samples, batch_size=batch_size, progress=False)
+        rows.append(ConfigResult(family, task, name, run.config.to_dict(), result.n, result.accuracy,
+                                 result.visual_tokens, result.prefill_flops, trained=run.trained,
+                                 run=str(run.folder)))
+        if progress is not None:
+            progress(len(samples))
+    return rows
+
+
+def join_trained(rows: Sequence[ConfigResult], trained: Iterable[ConfigResult]) -> list[ConfigResult]:
+    """The training-free `rows` with the `trained` rows among them: each right after the last row of the same family,
+    task and configuration (the training-free one, then trained ones before it), else at the end of its family and
+    task, else at the end. Sets each trained row's `flops_rel` against the `baseline` row of its family and task."""
+    baseline = {(row.family, row.task): row.prefill_flops for row in rows
+                if row.config_name == BASELINE and row.trained is None and row.skipped is None}
+    out = list(rows)
+    for row in trained:
+        reference = baseline.get((row.family, row.task))
+        row.flops_rel = None if reference is None else row.prefill_flops / reference
+        block = [i for i, other in enumerate(out) if (other.family, other.task) == (row.family, row.task)]
+        same = [i for i in block if out[i].config == row.config]
+        out.insert((same or block)[-1] + 1 if block else len(out), row)
+    return out
+
+
 def add_latency(rows: Iterable[ConfigResult], measured: Iterable[AblationRow]) -> None:
     """Copy the latency, KV cache and peak memory of `vtc.bench.measure_configs` rows into the rows of the same
-    configuration."""
+    configuration. Trained rows are left untimed."""
     by_name = {row.config_name: row for row in measured}
     for row in rows:
+        if row.trained is not None:
+            continue
         timing = by_name[row.config_name]
         row.latency_ms, row.latency_rel = timing.latency_ms, timing.latency_rel
         row.kv_cache_mb, row.peak_mem_mb = timing.kv_cache_mb, timing.peak_mem_mb
@@ -152,6 +345,7 @@ TABLE_COLUMNS = (
     ("family", "family", "{}"),
     ("task", "task", "{}"),
     ("config", "config_name", "{}"),
+    ("trained", "trained", "{}"),
     ("accuracy", "accuracy", "{:.3f}"),
     ("visual tokens", "visual_tokens", "{:.1f}"),
     ("FLOPs rel", "flops_rel", "{:.3f}"),
@@ -162,23 +356,31 @@ LATENCY_COLUMNS = (
     ("KV MiB", "kv_cache_mb", "{:.2f}"),
     ("peak MiB", "peak_mem_mb", "{:.1f}"),
 )
-_NAMES = ("family", "task", "config_name")
+_NAMES = ("family", "task", "config_name", "trained")
 
 
 def _has_latency(rows: Sequence[ConfigResult]) -> bool:
     return any(row.latency_ms is not None for row in rows)
 
 
+def _has_trained(rows: Sequence[ConfigResult]) -> bool:
+    return any(row.trained is not None for row in rows)
+
+
 def _cell(row: ConfigResult, attribute: str, fmt: str) -> str:
     if row.skipped and attribute not in _NAMES:
         return "skipped" if attribute == "accuracy" else "-"
     value = getattr(row, attribute)
-    return "n/a" if value is None else fmt.format(value)
+    if value is None:
+        return "-" if attribute == "trained" else "n/a"  # a training-free row
+    return fmt.format(value)
 
 
 def format_table(rows: Sequence[ConfigResult]) -> str:
-    """The rows as an aligned text table; the latency columns only where latency was measured."""
-    columns = TABLE_COLUMNS + (LATENCY_COLUMNS if _has_latency(rows) else ())
+    """The rows as an aligned text table; the `trained` column only where there are trained rows, the latency
+    columns only where latency was measured."""
+    columns = tuple(column for column in TABLE_COLUMNS if column[1] != "trained" or _has_trained(rows))
+    columns += LATENCY_COLUMNS if _has_latency(rows) else ()
     header = [title for title, _, _ in columns]
     body = [[_cell(row, attr, fmt) for _, attr, fmt in columns] for row in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
@@ -209,8 +411,19 @@ def legend(rows: Sequence[ConfigResult], latency_setup: str | None = None) -> st
             "peak MiB       peak device memory of one prefill above the model's own (CUDA only, n/a elsewhere)",
         ]
     lines.append("skipped        the configuration does not apply to the model; the reason is below")
+    if _has_trained(rows):
+        untimed = "; not timed" if latency_setup is not None else ""
+        lines += [
+            "trained        a trained run (--trained): stage, steps and objective of its vtc_training.json; '-': "
+            "training-free",
+            "               its row name is the grid row of the same configuration (or one built from the "
+            "configuration) plus +STAGE N steps, and it sits right after that row; scored like the others, FLOPs "
+            f"relative to the same baseline{untimed}",
+        ]
     reasons = {(row.family, row.config_name): row.skipped for row in rows if row.skipped}
     lines += [f"skipped {family} {name}: {reason}" for (family, name), reason in reasons.items()]
+    runs = {(row.family, row.config_name): row.run for row in rows if row.trained is not None}
+    lines += [f"trained {family} {name}: {folder}" for (family, name), folder in runs.items()]
     return "\n".join(lines)
 
 
@@ -229,10 +442,18 @@ def write_rows(rows: Sequence[ConfigResult], out_dir: Path, environment: dict[st
     return jsonl, csv_path
 
 
-def write_pareto(rows: Sequence[ConfigResult], grid: Mapping[str, VTCConfig], path: Path) -> Path:
-    """Draw the measured rows with `vtc.plots.pareto` (needs matplotlib) to `path`; return it."""
-    from .plots import ParetoPoint, pareto
+def pareto_points(rows: Sequence[ConfigResult]) -> list[ParetoPoint]:
+    """The `vtc.plots.ParetoPoint` of every measured row (skipped rows have none), training-free and trained; a
+    trained point has `trained` set to its row name, the label drawn next to it."""
+    from .plots import ParetoPoint
 
-    return pareto([ParetoPoint(row.family, row.task, row.config_name, components(grid[row.config_name]),
-                               row.accuracy, row.visual_tokens, row.flops_rel)
-                   for row in rows if row.skipped is None], path)
+    return [ParetoPoint(row.family, row.task, row.config_name, components(row.config), row.accuracy,
+                        row.visual_tokens, row.flops_rel, trained=None if row.trained is None else row.config_name)
+            for row in rows if row.skipped is None]
+
+
+def write_pareto(rows: Sequence[ConfigResult], path: Path) -> Path:
+    """Draw `pareto_points(rows)` with `vtc.plots.pareto` (needs matplotlib) to `path`; return it."""
+    from .plots import pareto
+
+    return pareto(pareto_points(rows), path)

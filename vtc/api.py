@@ -2,6 +2,8 @@
 
     model = vtc.compress(model, vtc.VTCConfig(...), processor=processor)
     vtc.last_stats(model)
+    with vtc.disabled(model):      # this thread runs the uncompressed model (e.g. a distillation teacher)
+        ...
     vtc.unpatch(model)
 
 `compress` patches the given instances (never transformers' classes or modules) and records every change in a
@@ -11,6 +13,8 @@ had already done, so the model is exactly as it was.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from torch import nn
@@ -21,7 +25,7 @@ from .config import VTCConfig
 from .errors import ConfigError, UnsupportedModelError
 from .registry import get_adapter
 
-__all__ = ["compress", "get_adapter_of", "get_config", "is_compressed", "last_stats", "unpatch"]
+__all__ = ["compress", "disabled", "get_adapter_of", "get_config", "is_compressed", "last_stats", "unpatch"]
 
 
 #: Set on a processor that a compressed model patched: two models patching one processor could not be unpatched in
@@ -106,7 +110,9 @@ def compress(model: nn.Module, config: VTCConfig, processor: Any = None) -> nn.M
         if callable(getattr(model, "save_pretrained", None)):
             from .training import CheckpointWriter
 
-            ledger.replace_method(model, "save_pretrained", CheckpointWriter(state).save_pretrained)
+            # not suspendable: saving inside `vtc.disabled` still writes a clean backbone and the vtc files
+            ledger.replace_method(model, "save_pretrained", CheckpointWriter(state).save_pretrained,
+                                  suspendable=False)
     except BaseException:
         ledger.rollback()
         raise
@@ -127,6 +133,36 @@ def unpatch(model: nn.Module) -> nn.Module:
 def is_compressed(model: nn.Module) -> bool:
     """Whether `model` currently carries a vtc compression."""
     return _state(model) is not None
+
+
+def disabled(model: nn.Module) -> AbstractContextManager[nn.Module]:
+    """Run a compressed model uncompressed inside the block, in the calling thread only; yields the model.
+
+        teacher_inputs = plain_processor(images=image, text=prompt, return_tensors="pt")
+        with torch.no_grad(), vtc.disabled(model):
+            teacher_logits = model(**teacher_inputs).logits      # exactly the unpatched model's logits
+
+    Inside the block every hook and method override vtc installed on the model (or a module inside it) passes
+    through, so `forward` and `generate` compute what the unpatched model computes, with the same weights (no
+    second copy) and with or without gradients. The parameters vtc added (PVTC's projector, LVTC's gate) go unused,
+    and `vtc.last_stats` is not updated. Other threads sharing the model keep running it compressed; blocks nest;
+    compression is back on when the block exits, also when it raises.
+
+    The processor stays patched (its patched settings are shared by every thread): inputs for the uncompressed model
+    must come from an unpatched processor, loaded again or `copy.deepcopy`-ed before `vtc.compress` patched it.
+    Inputs from the patched processor carry the compressed placeholder count, and the uncompressed model refuses
+    them with its own error about image tokens and features that do not match.
+
+    Raises:
+        UnsupportedModelError: `model` is not compressed by vtc (raised by the call itself, before any block).
+    """
+    return _suspended(_require_state(model).ledger, model)
+
+
+@contextmanager
+def _suspended(ledger: PatchLedger, model: nn.Module) -> Iterator[nn.Module]:
+    with ledger.suspended():
+        yield model
 
 
 def get_config(model: nn.Module) -> VTCConfig:

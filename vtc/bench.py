@@ -80,10 +80,10 @@ def _default_processor_class(path: str | os.PathLike) -> str:
     return PROCESSOR_MAPPING_NAMES.get(AutoConfig.from_pretrained(path, local_files_only=True).model_type, "")
 
 
-def load_checkpoint(
+def load_model(
     path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
-) -> tuple[nn.Module, Any]:
-    """Load the model (in eval mode) and the processor saved in the local checkpoint folder `path`.
+) -> nn.Module:
+    """Load the model (in eval mode) saved in the local checkpoint folder `path`.
 
     Raises:
         UnsupportedModelError: vtc has no adapter for the folder's `config.model_type` (checked before the weights
@@ -97,7 +97,15 @@ def load_checkpoint(
     model = AutoModelForImageTextToText.from_pretrained(
         path, config=config, local_files_only=True, dtype=dtype, attn_implementation=attn_implementation
     )
-    return model.eval(), load_processor(path)
+    return model.eval()
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
+) -> tuple[nn.Module, Any]:
+    """Load the model (in eval mode, `load_model`) and the processor (`load_processor`) saved in the local
+    checkpoint folder `path`."""
+    return load_model(path, dtype=dtype, attn_implementation=attn_implementation), load_processor(path)
 
 
 @dataclass

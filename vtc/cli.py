@@ -5,9 +5,17 @@
                                       reference models shipped with vtc, on every synthetic task
     vtc ablate --model FOLDER --data task:NAME|FILE.jsonl
                                       the same on a local checkpoint folder (nothing is downloaded), with latency
+    vtc ablate --trained RUN [RUN ...]
+                                      the same, with trained runs (vtc train output folders) as rows of their own
+                                      next to the training-free row of their configuration
     vtc make-tiny FAMILY FOLDER       write a tiny random model of FAMILY and its processor to FOLDER
     vtc eval --model FOLDER --data task:NAME|FILE.jsonl
                                       accuracy, visual tokens and prefill FLOPs of a model on samples with answers
+    vtc train --model FOLDER|reference:FAMILY --data task:NAME|FILE.jsonl --config FILE.json --stage STAGE
+              --steps N --output FOLDER
+                                      train a compressed model (the compressor, the whole language side or LoRA),
+                                      with accuracy before and after; `torchrun --nproc_per_node N -m vtc.cli train`
+                                      for several processes
     vtc --version
     vtc COMMAND --help                the options of a command
 
@@ -143,6 +151,17 @@ def _check_ablate_arguments(args: argparse.Namespace) -> None:
     elif args.data is None:
         raise UsageError("argument --data: required with --model: the samples to score it on, FILE.jsonl or "
                          "task:NAME (e.g. task:majority-colour)")
+    for run in args.trained or ():  # each joins the rows of the model it started from
+        if run.base_model is None:
+            raise UsageError(f"argument --trained: {run.folder} records no base model (its vtc_training.json is "
+                             "missing or names none), so there are no rows of its model to join")
+        if args.model is not None and run.base_folder() != args.model.resolve():
+            raise UsageError(f"argument --trained: {run.folder} was trained from {run.base_model}, not from --model "
+                             f"{args.model}; give runs trained from --model")
+        if args.model is None and run.reference_family() is None:
+            raise UsageError(f"argument --trained: {run.folder} was trained from {run.base_model}, not from a "
+                             f"reference model shipped with vtc; compare it with its own base: vtc ablate --model "
+                             f"{run.base_model} --data task:NAME --trained {run.folder}")
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -157,6 +176,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     grid = {name: config for name, config in ablate.default_grid().items()
             if args.configs is None or name in {ablate.BASELINE, *args.configs}}
+    runs = list({run.folder.resolve(): run for run in args.trained or ()}.values())  # a folder given twice: once
     # The data, then the checkpoint, before the progress bar is drawn: what does not load fails before anything runs.
     if args.model:  # the data is one task
         data = {str(args.data) if isinstance(args.data, str) else args.data.stem:
@@ -164,7 +184,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         model, processor = _load_checkpoint(args)
         models, num_models = [(model.config.model_type, model, processor)], 1
     else:
-        families = args.families or tasks.reference_families()
+        # With --trained: the families of the runs, and those --families names.
+        families = list(dict.fromkeys([*(args.families or ([] if runs else tasks.reference_families())),
+                                       *(run.reference_family() for run in runs)]))
         data = {task: _load_samples(task, args.size, ABLATE_TASK_SIZE) for task in tasks.available()}
         models, num_models = _reference_models(args, families), len(families)
     rows = []
@@ -175,6 +197,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             rows += ablate.evaluate_grid(model, processor, grid, data, family=family, batch_size=args.batch_size,
                                          progress=bar.update)
     latency_setup = _measure_latency(args, model, processor, grid, rows) if args.model else None
+    if runs:
+        checkpoint_family = family if args.model else None
+        del models, model, processor  # the trained models load with their own copy of the backbone
+        rows = ablate.join_trained(rows, _evaluate_trained_runs(args, runs, data, checkpoint_family))
     print(ablate.format_table(rows))
     print()
     print(ablate.legend(rows, latency_setup))
@@ -183,10 +209,35 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     jsonl, csv_path = ablate.write_rows(rows, out_dir, _environment(args.device, args.dtype, args.attn))
     print(f"\nwrote {jsonl} and {csv_path}")
     if plotting_available():
-        print(f"wrote {ablate.write_pareto(rows, grid, out_dir / 'pareto.png')}")
+        print(f"wrote {ablate.write_pareto(rows, out_dir / 'pareto.png')}")
     else:
         print('for the accuracy-against-cost picture (pareto.png): pip install "vtc[plot]"')
     return 0
+
+
+def _evaluate_trained_runs(args: argparse.Namespace, runs, data, checkpoint_family: str | None) -> list:
+    """The rows of the trained runs, each loaded in turn (`vtc.training.load_trained`, LoRA merged) on `--device` in
+    `--dtype` and scored on `data`; their family is `checkpoint_family` (--model's) or their reference model's."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from vtc import ablate
+
+    rows = []
+    with tqdm(total=len(runs) * sum(map(len, data.values())), desc="vtc ablate trained", unit="sample",
+              disable=args.quiet, file=sys.stderr) as bar:
+        for run in runs:
+            name = ablate.trained_row_name(run, runs)
+            bar.set_postfix_str(name)
+            try:
+                model, processor = run.load(dtype=getattr(torch, args.dtype), attn_implementation=args.attn)
+            except (OSError, ValueError) as error:  # say which argument they are about
+                raise OSError(f"--trained {run.folder} does not load: {error}") from error
+            rows += ablate.evaluate_trained(model.to(args.device), processor, run, data,
+                                            family=checkpoint_family or run.reference_family(), name=name,
+                                            batch_size=args.batch_size, progress=bar.update)
+            del model, processor
+    return rows
 
 
 def _measure_latency(args: argparse.Namespace, model, processor, grid, rows) -> str:
@@ -280,6 +331,176 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------------------- train
+#: Test samples per synthetic task that `vtc train` evaluates before and after training without `--eval-size`.
+TRAIN_EVAL_SIZE = 64
+STAGE_CHOICES = ("compressor", "full", "lora")  # vtc.training.STAGES, spelled here so that --help imports nothing
+OBJECTIVE_CHOICES = ("lm", "distill")  # vtc.training.OBJECTIVES (importing it needs the Trainer)
+CHECKPOINT_PREFIX = "checkpoint-"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a `torchrun` / `accelerate launch` run, or a run of one process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    """The `checkpoint-N` folder of `folder` with the highest N (what the Trainer resumes from), or None."""
+    steps = [(int(path.name[len(CHECKPOINT_PREFIX):]), path) for path in folder.glob(CHECKPOINT_PREFIX + "*")
+             if path.is_dir() and path.name[len(CHECKPOINT_PREFIX):].isdigit()] if folder.is_dir() else []
+    return max(steps)[1] if steps else None
+
+
+def _check_train_arguments(args: argparse.Namespace) -> None:
+    """What argparse cannot tell alone: options that go together, the batch split, the output folder, the extras."""
+    import importlib.util
+
+    if args.objective != "distill":
+        for name in ("lm_weight", "temperature"):
+            if getattr(args, name) is not None:
+                raise UsageError(f"argument --{name.replace('_', '-')}: applies to --objective distill only")
+    if args.train_vision and args.stage == "compressor":
+        raise UsageError("argument --train-vision: the compressor stage trains only vtc's parameters; use --stage "
+                         "full or lora to train the vision tower too")
+    if args.eval_size == 0 and args.eval_data:
+        raise UsageError("argument --eval-size: 0 skips the evaluation, but --eval-data names samples to evaluate")
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.batch % (processes * args.grad_accum):
+        unit = processes * args.grad_accum
+        raise UsageError(f"argument --batch: the global batch {args.batch} does not split into {processes} "
+                         f"process(es) x {args.grad_accum} accumulation step(s); give a multiple of {unit}")
+    # Under torchrun every process checks the output folder before the Trainer forms the process group, and the main
+    # process writes into it only after that: no process sees another's files.
+    output: Path = args.output
+    if args.resume is True:
+        if _latest_checkpoint(output) is None:
+            raise UsageError(f"argument --resume: {output} holds no {CHECKPOINT_PREFIX}* folder to resume from; give "
+                             "the checkpoint's folder (--resume FOLDER), or train with --save-steps N to write some")
+    elif output.is_dir() and any(output.iterdir()) and not args.force and args.resume is None:
+        raise UsageError(f"argument --output: {output} is not empty; give a new or empty folder, add --force to write "
+                         "into it, or --resume to continue its latest checkpoint")
+    needed = [("accelerate", "the Trainer")] + ([("peft", "--stage lora")] if args.stage == "lora" else [])
+    for package, what in needed:
+        if importlib.util.find_spec(package) is None:
+            raise UsageError(f"{what} needs {package}, which is not installed: pip install 'vtc[train]' (or pip "
+                             f"install {package})")
+
+
+def _interleave(groups: Sequence[Sequence[Any]]) -> list[Any]:
+    """One item of each group in turn (a group that runs out drops out): the tasks mix evenly."""
+    mixed, longest = [], max(map(len, groups), default=0)
+    for index in range(longest):
+        mixed += [group[index] for group in groups if index < len(group)]
+    return mixed
+
+
+def _train_samples(args: argparse.Namespace) -> list:
+    """`--data`, interleaved: `--steps x --batch` samples of each task's train split (seeded by `--seed`), every
+    sample of each file."""
+    from vtc import tasks
+
+    groups = []
+    for data in args.data:
+        if isinstance(data, Path):
+            samples = tasks.load_jsonl(data)
+            if not samples:
+                raise UsageError(f"argument --data: {data} holds no samples")
+        else:
+            samples = tasks.synthetic(data, "train", args.steps * args.batch, seed=args.seed)
+        groups.append(samples)
+    return _interleave(groups)
+
+
+def _spelling(data: Path | str) -> str:
+    """A value of --data or --eval-data as the command line spells it."""
+    return str(data) if isinstance(data, Path) else TASK_PREFIX + data
+
+
+def _train_eval_sources(args: argparse.Namespace) -> list[Path | str]:
+    """`--eval-data`, default the tasks of `--data` (their test splits), each once; none for `--eval-size 0`."""
+    if args.eval_size == 0:
+        return []
+    return list(dict.fromkeys(args.eval_data or [data for data in args.data if not isinstance(data, Path)]))
+
+
+def _train_eval_samples(args: argparse.Namespace, sources: Sequence[Path | str]) -> list:
+    """`--eval-size` samples of each task's test split (default TRAIN_EVAL_SIZE), the first `--eval-size` of each
+    file (default all of it)."""
+    from vtc import tasks
+
+    samples = []
+    for data in sources:
+        if isinstance(data, Path):
+            loaded = tasks.load_jsonl(data)[:args.eval_size]
+            if not loaded:
+                raise UsageError(f"argument --eval-data: {data} holds no samples")
+        else:
+            loaded = tasks.synthetic(data, "test", args.eval_size or TRAIN_EVAL_SIZE, seed=0)
+        samples += loaded
+    return samples
+
+
+def _format_accuracy_table(before: dict[str, float], after: dict[str, float]) -> str:
+    """`task  before  after  change`, one row per task, the accuracies side by side."""
+    width = max(len("task"), *map(len, before))
+    lines = [f"{'task':<{width}}  before   after  change"]
+    for task, accuracy in before.items():
+        final = after.get(task, float("nan"))
+        lines.append(f"{task:<{width}}  {accuracy:6.3f}  {final:6.3f}  {final - accuracy:+6.3f}")
+    return "\n".join(lines)
+
+
+def _train_report(args: argparse.Namespace, record: dict[str, Any], evaluated: bool) -> str:
+    before, after = record.get("before"), record.get("after")
+    if before and after:
+        table = _format_accuracy_table(before, after)
+    elif not evaluated:
+        table = ("no evaluation: --eval-size 0" if args.eval_size == 0 else
+                 "no evaluation: --data names no task:NAME; give --eval-data FILE.jsonl|task:NAME")
+    else:
+        table = "no evaluation"
+    loss = record.get("loss_first_last")
+    loss_text = f"  loss {loss[0]:.4g} -> {loss[1]:.4g}" if loss else ""
+    lines = [
+        table,
+        "",
+        f"steps {record['steps']}  seconds per step {record['seconds_per_step']:.3g}  trainable parameters "
+        f"{record['trainable_parameters']:,}  (stage {args.stage}, objective {args.objective}){loss_text}",
+        f"wrote {args.output}",
+        f"load it with:  model, processor = vtc.load_trained({json.dumps(str(args.output))})",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _check_train_arguments(args)
+    # The data before the model: a file that does not load fails before anything is built or written.
+    train_samples = _train_samples(args)
+    eval_sources = _train_eval_sources(args)
+    eval_samples = _train_eval_samples(args, eval_sources)
+    _quiet_transformers()
+
+    from vtc.training.run import RunSpec, train_run
+
+    spec = RunSpec(
+        model=str(args.model) if isinstance(args.model, Path) else REFERENCE_PREFIX + args.model,
+        config=args.config, stage=args.stage, output=str(args.output), objective=args.objective,
+        steps=args.steps, batch_size=args.batch, gradient_accumulation=args.grad_accum, lr=args.lr,
+        warmup_steps=args.warmup, seed=args.seed, save_steps=args.save_steps,
+        resume=str(args.resume) if isinstance(args.resume, Path) else args.resume,
+        lm_weight=0.0 if args.lm_weight is None else args.lm_weight,
+        temperature=1.0 if args.temperature is None else args.temperature,
+        train_vision=args.train_vision, bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
+        progress=not args.no_progress,
+        extra={"data": [_spelling(data) for data in args.data], "eval_data": list(map(_spelling, eval_sources)),
+               "eval_samples": len(eval_samples), "seed": args.seed},
+    )
+    record = train_run(spec, train_samples, eval_samples)
+    if _is_main_process():
+        print(_train_report(args, record, evaluated=bool(eval_samples)))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------- arguments
 # Each converts one command-line value or raises ArgumentTypeError, which argparse reports as a usage error naming the
 # argument: every value is checked before anything is built.
@@ -311,6 +532,29 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):  # NaN fails both comparisons
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def trainer_checkpoint(text: str) -> Path:
+    """A checkpoint folder the Trainer wrote (`checkpoint-N`, with its `trainer_state.json`)."""
+    folder = Path(text)
+    if not folder.is_dir():
+        problem = "is a file" if folder.exists() else "no such folder"
+        raise argparse.ArgumentTypeError(f"{text}: {problem}; give a checkpoint-N folder of an earlier run, or "
+                                         "--resume alone for the latest one in --output")
+    if not (folder / "trainer_state.json").is_file():
+        raise argparse.ArgumentTypeError(f"{text} has no trainer_state.json, so it is not a Trainer checkpoint; give "
+                                         "a checkpoint-N folder written with --save-steps")
+    return folder
 
 
 def image_sizes(text: str) -> list[tuple[int, int]]:
@@ -354,6 +598,16 @@ def grid_configs(text: str) -> list[str]:
         if name not in grid:
             raise argparse.ArgumentTypeError(f"unknown configuration {name!r}; choose from {', '.join(grid)}")
     return names
+
+
+def trained_run(text: str):
+    """The output folder of a training run (`vtc train`; it holds `vtc_config.json`), as a `vtc.ablate.TrainedRun`."""
+    from vtc.ablate import TrainedRun
+
+    try:
+        return TrainedRun.read(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
@@ -504,6 +758,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "test split")
     ablate.add_argument("--configs", type=grid_configs, metavar="NAME,...",
                         help="only these rows of the grid, and the baseline they are relative to (default: all)")
+    ablate.add_argument("--trained", type=trained_run, nargs="+", action="extend", metavar="RUN",
+                        help="output folders of training runs (vtc train): each is scored as a row of its own, right "
+                             "after the training-free row of its configuration, with the model it started from (a "
+                             "reference model; with --model, runs trained from --model). Without --families, only the "
+                             "runs' families")
     ablate.add_argument("--size", type=positive_int, metavar="N",
                         help=f"test samples per task (default {ABLATE_TASK_SIZE}); of a file, its first N "
                              "(default all)")
@@ -556,6 +815,63 @@ def build_parser() -> argparse.ArgumentParser:
                           help="output folder for eval.json and eval.jsonl (default vtc_results/eval-<time>)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=cmd_eval)
+
+    train = sub.add_parser("train", parents=[debug],
+                           help="train a compressed model; accuracy before and after, side by side")
+    train.add_argument("--model", type=eval_model, required=True, metavar="FOLDER|reference:FAMILY",
+                       help="the backbone: a local checkpoint folder, or a reference model shipped with vtc")
+    train.add_argument("--data", type=eval_data, required=True, action="append", metavar="FILE.jsonl|task:NAME",
+                       help="training samples, repeatable (mixed evenly): a synthetic task gives --steps x --batch "
+                            "samples of its train split (seeded by --seed); a JSONL file (vtc.tasks.load_jsonl) "
+                            "gives all of its samples")
+    train.add_argument("--config", type=vtc_config_file, required=True, metavar="FILE.json",
+                       help="the compression to train (VTCConfig.save writes one)")
+    train.add_argument("--stage", choices=STAGE_CHOICES, required=True,
+                       help="what trains: compressor (only vtc's parameters), full (also the language model and "
+                            "the projector) or lora (LoRA on the language model, the compressor in full)")
+    train.add_argument("--objective", choices=OBJECTIVE_CHOICES, default="lm",
+                       help="lm: cross-entropy on the answer tokens; distill: KL from the same model uncompressed "
+                            "(default lm)")
+    train.add_argument("--steps", type=positive_int, required=True, metavar="N", help="optimizer steps")
+    train.add_argument("--output", type=output_folder, required=True, metavar="FOLDER",
+                       help="where the trained model goes (new or empty); vtc.load_trained loads it")
+    train.add_argument("--eval-data", type=eval_data, action="append", metavar="FILE.jsonl|task:NAME",
+                       help="samples scored before and after training, repeatable (default: the test split of "
+                            "every task:NAME of --data)")
+    train.add_argument("--eval-size", type=non_negative_int, metavar="N",
+                       help=f"test samples per task (default {TRAIN_EVAL_SIZE}); of a file, its first N (default "
+                            "all); 0: no evaluation")
+    train.add_argument("--batch", type=positive_int, default=16, metavar="N",
+                       help="the global batch: samples per optimizer step over all processes and accumulation "
+                            "steps (default 16)")
+    train.add_argument("--grad-accum", type=positive_int, default=1, metavar="N",
+                       help="gradient accumulation steps per optimizer step (default 1)")
+    train.add_argument("--lr", type=positive_float, metavar="X",
+                       help="peak learning rate of the cosine schedule (default: 1e-3 for compressor and lora, "
+                            "2e-4 for full)")
+    train.add_argument("--warmup", type=non_negative_int, default=10, metavar="N",
+                       help="linear warm-up steps (default 10, at most --steps)")
+    train.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
+                       help="the seed of the training samples, the data order and the new weights (default 0)")
+    train.add_argument("--save-steps", type=non_negative_int, default=0, metavar="N",
+                       help="write a checkpoint-N folder into --output every N steps (default 0: only the end)")
+    train.add_argument("--resume", type=trainer_checkpoint, nargs="?", const=True, metavar="CHECKPOINT",
+                       help="continue from the latest checkpoint-N in --output, or from the folder given (a "
+                            "checkpoint-N folder); --steps counts from the start of the run")
+    train.add_argument("--lm-weight", type=non_negative_float, metavar="X",
+                       help="with --objective distill: add X times the LM loss (default 0)")
+    train.add_argument("--temperature", type=positive_float, metavar="X",
+                       help="with --objective distill: the distillation temperature (default 1)")
+    train.add_argument("--train-vision", action="store_true",
+                       help="also train the vision tower (stages full and lora)")
+    train.add_argument("--bf16", action="store_true", help="train in bfloat16 mixed precision")
+    train.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute activations in the backward pass: less memory, more time")
+    train.add_argument("--force", action="store_true",
+                       help="write into an --output that is not empty (files of the same names are replaced)")
+    train.add_argument("--no-progress", action="store_true",
+                       help="no progress bars (the Trainer still prints its log lines)")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

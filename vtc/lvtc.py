@@ -356,16 +356,16 @@ def install(model: nn.Module, state: Any) -> None:
     last = len(layers) if restore_layer is None else restore_layer
 
     # prepend=True: compress and restore before any hook installed earlier (e.g. output capture) sees the layer.
-    ledger.add_hook(language_model.register_forward_pre_hook(controller.begin_forward, with_kwargs=True,
-                                                             prepend=True), "lvtc begin forward")
-    ledger.add_hook(language_model.register_forward_hook(controller.end_forward, with_kwargs=True, always_call=True),
-                    "lvtc end forward")
-    ledger.add_hook(adapter.rotary_embedding.register_forward_pre_hook(controller.capture_positions,
-                                                                       with_kwargs=True), "lvtc rotary positions")
-    ledger.add_hook(layers[k].register_forward_pre_hook(controller.compress, with_kwargs=True, prepend=True),
-                    f"lvtc compress at layer {k}")
+    ledger.add_forward_pre_hook(language_model, controller.begin_forward, "lvtc begin forward", with_kwargs=True,
+                                prepend=True)
+    ledger.add_forward_hook(language_model, controller.end_forward, "lvtc end forward", with_kwargs=True,
+                            always_call=True)
+    ledger.add_forward_pre_hook(adapter.rotary_embedding, controller.capture_positions, "lvtc rotary positions",
+                                with_kwargs=True)
+    ledger.add_forward_pre_hook(layers[k], controller.compress, f"lvtc compress at layer {k}", with_kwargs=True,
+                                prepend=True)
     for index in range(k + 1, last):
-        ledger.add_hook(layers[index].register_forward_pre_hook(controller.swap, with_kwargs=True, prepend=True),
-                        f"lvtc compressed layer {index}")
-    ledger.add_hook(layers[last - 1].register_forward_hook(controller.restore, prepend=True),
-                    f"lvtc restore after layer {last - 1}")
+        ledger.add_forward_pre_hook(layers[index], controller.swap, f"lvtc compressed layer {index}",
+                                    with_kwargs=True, prepend=True)
+    ledger.add_forward_hook(layers[last - 1], controller.restore, f"lvtc restore after layer {last - 1}",
+                            prepend=True)

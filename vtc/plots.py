@@ -5,7 +5,8 @@
 One panel per task and cost axis (visual tokens at the LLM input, prefill FLOPs relative to the uncompressed model),
 one marker style per component, one colour per model; the uncompressed model is the star. Markers are hollow and each
 model's are a different size, so points that coincide (every model's baseline, a configuration that changes nothing)
-stay visible as concentric outlines.
+stay visible as concentric outlines. A trained run's point (`ParetoPoint.trained`) is the same marker filled, labelled
+with its row name, so it reads against the hollow training-free point of its configuration.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class ParetoPoint:
         accuracy: the mean score in [0, 1].
         visual_tokens: mean visual tokens per sample at the LLM input.
         flops_rel: prefill FLOPs relative to the uncompressed model.
+        trained: for a trained run, the label drawn next to its (filled) point, e.g. `pvtc-r4 +full 1500 steps`;
+            `None` for a training-free configuration.
     """
 
     model: str
@@ -45,6 +48,7 @@ class ParetoPoint:
     accuracy: float
     visual_tokens: float
     flops_rel: float
+    trained: str | None = None
 
 
 def plotting_available() -> bool:
@@ -60,6 +64,12 @@ def _marker(components: Sequence[str]) -> str:
     if not components:
         return _MARKERS["baseline"]
     return _MARKERS[components[0]] if len(components) == 1 else _COMBINED_MARKER
+
+
+def _translucent(colour) -> tuple[float, ...]:
+    from matplotlib.colors import to_rgba
+
+    return to_rgba(colour, alpha=0.45)
 
 
 def pareto(points: Sequence[ParetoPoint], path: str | os.PathLike) -> Path:
@@ -87,9 +97,15 @@ def pareto(points: Sequence[ParetoPoint], path: str | os.PathLike) -> Path:
             axis = axes[row][column]
             for point in (p for p in points if p.task == task):
                 baseline = not point.components
+                # Trained points filled (half see-through, over the hollow ones): the outlines beneath stay visible.
+                fill = _translucent(colours[point.model]) if point.trained else "none"
                 axis.scatter(getattr(point, cost), point.accuracy, marker=_marker(point.components),
-                             s=sizes[point.model] * (1.6 if baseline else 1), facecolors="none",
-                             edgecolors=colours[point.model], linewidths=1.4)
+                             s=sizes[point.model] * (1.6 if baseline else 1), facecolors=fill,
+                             edgecolors=colours[point.model], linewidths=1.4, zorder=3 if point.trained else 2)
+                if point.trained:  # below the point near the top: clear of the panel's title
+                    axis.annotate(point.trained, (getattr(point, cost), point.accuracy),
+                                  xytext=(5, -10 if point.accuracy > 0.9 else 4), textcoords="offset points",
+                                  fontsize=7, color=colours[point.model])
             axis.set_xlabel(label)
             axis.set_ylim(-0.03, 1.03)
             axis.grid(alpha=0.3)
@@ -101,6 +117,9 @@ def pareto(points: Sequence[ParetoPoint], path: str | os.PathLike) -> Path:
                 axis.set_title(task)
     legend = [Line2D([], [], marker=m, linestyle="", color="gray", markerfacecolor="none", label=name, markersize=8)
               for name, m in [*_MARKERS.items(), ("several", _COMBINED_MARKER)]]
+    if any(p.trained for p in points):
+        legend.append(Line2D([], [], marker="o", linestyle="", color="gray", markerfacecolor=_translucent("gray"),
+                             label="trained (filled, labelled)", markersize=8))
     legend += [Line2D([], [], marker="o", linestyle="", color=colours[m], markerfacecolor="none", label=m,
                       markersize=sizes[m] ** 0.5) for m in models]
     figure.legend(handles=legend, loc="lower center", ncol=min(len(legend), 8), frameon=False)

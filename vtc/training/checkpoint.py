@@ -1,4 +1,4 @@
-"""Training and checkpointing the compressors: only what vtc added to a model (every name holding `vtc_`).
+"""Checkpoints of the compressors: only what vtc added to a model (every name holding `vtc_`).
 
     vtc.mark_only_vtc_trainable(model)        # the backbone frozen, the compressor trainable
     vtc.save_pretrained(model, "ckpt/")       # vtc_config.json + vtc_weights.safetensors
@@ -15,20 +15,39 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .api import compress, get_config, unpatch
-from .config import VTCConfig
-from .errors import ConfigError
+from ..api import compress, get_config, is_compressed, unpatch
+from ..config import VTCConfig
+from ..errors import ConfigError
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CheckpointWriter", "load_pretrained", "mark_only_vtc_trainable", "save_pretrained",
-           "vtc_state_dict"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CheckpointWriter", "is_vtc_name", "load_pretrained", "load_vtc_weights",
+           "mark_only_vtc_trainable", "save_pretrained", "unwrap", "vtc_state_dict"]
 
 CONFIG_NAME = "vtc_config.json"
 WEIGHTS_NAME = "vtc_weights.safetensors"
 _VTC_MARK = "vtc_"
 
 
-def _is_vtc(name: str) -> bool:
+def is_vtc_name(name: str) -> bool:
+    """Whether a parameter, buffer or module name is (inside) something vtc added."""
     return any(part.startswith(_VTC_MARK) for part in name.split("."))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model `vtc.compress` patched, inside the wrappers training puts around it.
+
+    Follows `torch.compile` (`_orig_mod`), DDP and FSDP (`module`) and PEFT (`get_base_model()`) until it reaches a
+    compressed model; a model without any of them is returned as it is.
+    """
+    seen = set()
+    while not is_compressed(model) and id(model) not in seen:
+        seen.add(id(model))
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        elif callable(getattr(model, "get_base_model", None)):
+            model = model.get_base_model()
+    return model
 
 
 def mark_only_vtc_trainable(model: nn.Module) -> list[str]:
@@ -39,7 +58,7 @@ def mark_only_vtc_trainable(model: nn.Module) -> list[str]:
     """
     trainable = []
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(_is_vtc(name))
+        parameter.requires_grad_(is_vtc_name(name))
         if parameter.requires_grad:
             trainable.append(name)
     if not trainable:
@@ -49,24 +68,34 @@ def mark_only_vtc_trainable(model: nn.Module) -> list[str]:
 
 
 def vtc_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors vtc added to `model`, by their `state_dict` name."""
-    return {name: tensor for name, tensor in model.state_dict().items() if _is_vtc(name)}
+    """The tensors vtc added to `model` (or to the compressed model inside a training wrapper), by their
+    `state_dict` name in the compressed model."""
+    model = unwrap(model)
+    return {name: tensor for name, tensor in model.state_dict().items() if is_vtc_name(name)}
 
 
-def save_pretrained(model: nn.Module, path: str | os.PathLike) -> Path:
+def save_pretrained(model: nn.Module, path: str | os.PathLike,
+                    tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the compression config and the vtc tensors of a compressed model to the folder `path`.
 
     Only vtc's tensors are written (the backbone stays where it was loaded from), as `vtc_weights.safetensors`,
     next to `vtc_config.json`.
 
+    `model` may be wrapped for training (PEFT, DDP, FSDP, `torch.compile`): the names are those of the compressed
+    model inside, so the checkpoint loads into the plain model. `tensors`: the vtc tensors by those names, where the
+    live model does not hold them whole (gathered from FSDP or ZeRO-3 shards); default: the model's own.
+
     Returns:
         The folder.
     """
+    model = unwrap(model)
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     get_config(model).save(folder / CONFIG_NAME)
     # safetensors refuses views and shared storage: store each tensor as its own contiguous copy
-    tensors = {name: tensor.detach().contiguous().clone() for name, tensor in vtc_state_dict(model).items()}
+    if tensors is None:  # the live model holds them whole (one process, DDP, ZeRO-1/2)
+        tensors = vtc_state_dict(model)
+    tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in tensors.items()}
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     return folder
 
@@ -86,10 +115,12 @@ class CheckpointWriter:
         model = self.state.adapter.model
         if state_dict is None:
             state_dict = model.state_dict()
-        backbone = {name: tensor for name, tensor in state_dict.items() if not _is_vtc(name)}
+        backbone = {name: tensor for name, tensor in state_dict.items() if not is_vtc_name(name)}
         result = original(save_directory, *args, state_dict=backbone, **kwargs)
         if kwargs.get("is_main_process", True):
-            save_pretrained(model, save_directory)
+            # The Trainer passes the state dict it gathered from the shards (FSDP FULL_STATE_DICT): vtc's come from it
+            given = {name: tensor for name, tensor in state_dict.items() if is_vtc_name(name)}
+            save_pretrained(model, save_directory, tensors=given or None)
         return result
 
 
@@ -126,3 +157,12 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, processor: Any = 
         unpatch(model)
         raise
     return model
+
+
+def load_vtc_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Copy the vtc tensors saved in the folder `path` into an already compressed (possibly wrapped) `model`, in
+    place (an optimizer holding the parameters keeps training them); return the names loaded."""
+    inner = unwrap(model)
+    saved = load_file(str(Path(path) / WEIGHTS_NAME), device=str(next(inner.parameters()).device))
+    inner.load_state_dict(saved, strict=False)
+    return sorted(saved)

@@ -1,0 +1,160 @@
+"""How much of the uncompressed accuracy training gets back, and what the training costs.
+
+For each compression config on a reference model: the accuracy training-free, after the `compressor` stage, and
+after the `full` (or `lora`) stage, on the fine task (grid-readout) with the coarse task (majority-colour) as a
+control, each with its steps and CPU minutes. Then the paper-style row: a model trained from scratch with PVTC r4
+against the same recipe without compression, with the training step time of each.
+
+    python benchmarks/train_recovery.py --family llava --out runs/recovery        # every row
+    python benchmarks/train_recovery.py --rows pvtc-r4 --stages compressor,full   # some of them
+
+Every run is seeded and written as a `vtc train` output folder under `--out` (so `vtc ablate --trained` and
+`vtc.load_trained` read them); the table is printed as Markdown and written to `--out/recovery.json`. Pin the
+threads (`OMP_NUM_THREADS=1`) for CPU minutes that compare across rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import vtc
+from vtc.tasks import synthetic
+from vtc.training.run import RunSpec, train_run
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_table  # noqa: E402
+
+FINE, COARSE = "grid-readout", "majority-colour"
+
+
+def _lvtc(restore: str) -> vtc.LVTCConfig:
+    return vtc.LVTCConfig(ratio=4, compress_layer=1, restore_layer=-1, restore=restore)
+
+
+ROWS = {
+    "pvtc-r4": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4)),
+    "pvtc-r4-paper": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4, init="paper")),
+    "pvtc-r16": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=16)),
+    "lvtc-r4-delta": vtc.VTCConfig(lvtc=_lvtc("delta")),
+    "lvtc-r4-add": vtc.VTCConfig(lvtc=_lvtc("add")),
+    "pvtc-r4+lvtc-r4": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4), lvtc=_lvtc("delta")),
+}
+
+
+def training_samples(steps: int, batch: int, seed: int) -> list:
+    """Enough samples for `steps` batches: three quarters fine task, one quarter coarse task."""
+    total = steps * batch
+    return synthetic(FINE, "train", total * 3 // 4 + 1, seed) + synthetic(COARSE, "train", total // 4 + 1, seed)
+
+
+def evaluation_samples(size: int) -> list:
+    return synthetic(FINE, "test", size, 0) + synthetic(COARSE, "test", size, 0)
+
+
+def run(args, name: str, config: vtc.VTCConfig, stage: str, steps: int, lr: float, model: str,
+        train_vision: bool = False) -> dict:
+    spec = RunSpec(model=model, config=config, stage=stage, steps=steps, lr=lr, batch_size=args.batch,
+                   output=str(args.out / f"{args.family}-{name}-{stage}"), seed=args.seed, progress=args.progress,
+                   train_vision=train_vision, extra={"row": name})
+    result = train_run(spec, training_samples(steps, args.batch, args.seed + 1), evaluation_samples(args.eval_size))
+    keep = ("before", "after", "steps", "train_seconds", "train_cpu_seconds", "seconds_per_step", "loss_first_last",
+            "trainable_parameters", "learning_rate")
+    summary = {key: result[key] for key in keep}
+    print(f"{name} {stage}: {summary}", flush=True)
+    return summary
+
+
+def from_scratch(args) -> dict:
+    """The reference recipe from random weights, with and without PVTC r4: same steps, same samples."""
+    from vtc.adapters._reference import build_reference_model
+
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        model, processor = build_reference_model(args.family, seed=args.seed)
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        for name, config in (("uncompressed", vtc.VTCConfig()), ("pvtc-r4", ROWS["pvtc-r4"])):
+            rows[name] = run(args, f"scratch-{name}", config, "full", args.scratch_steps, args.scratch_lr, folder,
+                             train_vision=True)
+    return rows
+
+
+def percent(value: float, of: float) -> str:
+    return f"{100 * value / of:.0f}%" if of else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="llava")
+    parser.add_argument("--out", type=Path, default=Path("runs/recovery"))
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
+    parser.add_argument("--stages", default="compressor,full", help="comma-separated: compressor, full, lora")
+    parser.add_argument("--compressor-steps", type=int, default=1500)
+    parser.add_argument("--full-steps", type=int, default=1500)
+    parser.add_argument("--compressor-lr", type=float, default=1e-3)
+    parser.add_argument("--full-lr", type=float, default=1e-3)
+    parser.add_argument("--scratch-steps", type=int, default=600, help="0 skips the from-scratch rows")
+    parser.add_argument("--scratch-lr", type=float, default=2e-3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--eval-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+
+    model, processor = vtc.tasks.reference_model(args.family)
+    uncompressed = {task: vtc.evaluate(model, processor, synthetic(task, "test", args.eval_size, 0),
+                                       progress=False).accuracy for task in (FINE, COARSE)}
+    results: dict = {"family": args.family, "uncompressed": uncompressed, "rows": {},
+                     "threads": torch.get_num_threads(), "batch": args.batch, "eval_size": args.eval_size}
+    steps = {"compressor": args.compressor_steps, "full": args.full_steps, "lora": args.full_steps}
+    rates = {"compressor": args.compressor_lr, "full": args.full_lr, "lora": args.compressor_lr}
+    for name in args.rows.split(","):
+        results["rows"][name] = {stage: run(args, name, ROWS[name], stage, steps[stage], rates[stage],
+                                            f"reference:{args.family}")
+                                 for stage in args.stages.split(",")}
+        (args.out / "recovery.json").write_text(json.dumps(results, indent=2))
+    if args.scratch_steps:
+        results["from_scratch"] = from_scratch(args)
+    results["wall_minutes"] = (time.perf_counter() - started) / 60
+    (args.out / "recovery.json").write_text(json.dumps(results, indent=2))
+    print_tables(results)
+
+
+def print_tables(results: dict) -> None:
+    base = results["uncompressed"]
+    print(f"\n{results['family']} reference model; uncompressed: {FINE} {base[FINE]:.3f}, {COARSE} {base[COARSE]:.3f}"
+          f" ({results['eval_size']} test samples per task, batch {results['batch']}, "
+          f"{results['threads']} thread(s))\n")
+    header = ["config", "stage", f"{FINE}", "of uncompressed", f"{COARSE}", "steps", "CPU min", "s/step"]
+    rows = []
+    for name, stages in results["rows"].items():
+        first = next(iter(stages.values()))
+        rows.append([name, "training-free", f"{first['before'][FINE]:.3f}", percent(first["before"][FINE], base[FINE]),
+                     f"{first['before'][COARSE]:.3f}", "0", "0", "-"])
+        for stage, outcome in stages.items():
+            after = outcome["after"]
+            rows.append([name, stage, f"{after[FINE]:.3f}", percent(after[FINE], base[FINE]), f"{after[COARSE]:.3f}",
+                         str(outcome["steps"]), f"{outcome['train_cpu_seconds'] / 60:.1f}",
+                         f"{outcome['seconds_per_step']:.3f}"])
+    print_table(header, rows)
+    scratch = results.get("from_scratch")
+    if scratch:
+        print("\nFrom scratch (every parameter trains, same samples and steps):\n")
+        print_table(["model", FINE, COARSE, "steps", "CPU min", "s/step"],
+                    [[name, f"{o['after'][FINE]:.3f}", f"{o['after'][COARSE]:.3f}", str(o["steps"]),
+                      f"{o['train_cpu_seconds'] / 60:.1f}", f"{o['seconds_per_step']:.3f}"]
+                     for name, o in scratch.items()])
+
+
+if __name__ == "__main__":
+    main()
