@@ -63,7 +63,12 @@ def run(args, name: str, config: vtc.VTCConfig, stage: str, steps: int, lr: floa
     spec = RunSpec(model=model, config=config, stage=stage, steps=steps, lr=lr, batch_size=args.batch,
                    output=str(args.out / f"{args.family}-{name}-{stage}"), seed=args.seed, progress=args.progress,
                    train_vision=train_vision, extra={"row": name})
-    result = train_run(spec, training_samples(steps, args.batch, args.seed + 1), evaluation_samples(args.eval_size))
+    try:
+        result = train_run(spec, training_samples(steps, args.batch, args.seed + 1),
+                           evaluation_samples(args.eval_size))
+    except vtc.ConfigError as error:  # e.g. the compressor stage of a config with no trainable tensor
+        print(f"{name} {stage}: skipped: {error}", flush=True)
+        return {"skipped": str(error)}
     keep = ("before", "after", "steps", "train_seconds", "train_cpu_seconds", "seconds_per_step", "loss_first_last",
             "trainable_parameters", "learning_rate")
     summary = {key: result[key] for key in keep}
@@ -106,7 +111,15 @@ def main() -> None:
     parser.add_argument("--eval-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--tables-from", type=Path, nargs="+", metavar="JSON",
+                        help="print the tables of earlier runs' recovery.json files (merged) and exit")
     args = parser.parse_args()
+    if args.tables_from:
+        merged = merge([json.loads(path.read_text()) for path in args.tables_from])
+        (args.out / "recovery.json").parent.mkdir(parents=True, exist_ok=True)
+        (args.out / "recovery.json").write_text(json.dumps(merged, indent=2))
+        print_tables(merged)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
@@ -118,7 +131,7 @@ def main() -> None:
                      "threads": torch.get_num_threads(), "batch": args.batch, "eval_size": args.eval_size}
     steps = {"compressor": args.compressor_steps, "full": args.full_steps, "lora": args.full_steps}
     rates = {"compressor": args.compressor_lr, "full": args.full_lr, "lora": args.compressor_lr}
-    for name in args.rows.split(","):
+    for name in filter(None, args.rows.split(",")):
         results["rows"][name] = {stage: run(args, name, ROWS[name], stage, steps[stage], rates[stage],
                                             f"reference:{args.family}")
                                  for stage in args.stages.split(",")}
@@ -130,6 +143,16 @@ def main() -> None:
     print_tables(results)
 
 
+def merge(parts: list[dict]) -> dict:
+    """One result from runs of the same family that measured different rows (e.g. in parallel processes)."""
+    merged = dict(parts[0], rows={})
+    for part in parts:
+        merged["rows"].update(part["rows"])
+        if "from_scratch" in part:
+            merged["from_scratch"] = part["from_scratch"]
+    return merged
+
+
 def print_tables(results: dict) -> None:
     base = results["uncompressed"]
     print(f"\n{results['family']} reference model; uncompressed: {FINE} {base[FINE]:.3f}, {COARSE} {base[COARSE]:.3f}"
@@ -138,10 +161,13 @@ def print_tables(results: dict) -> None:
     header = ["config", "stage", f"{FINE}", "of uncompressed", f"{COARSE}", "steps", "CPU min", "s/step"]
     rows = []
     for name, stages in results["rows"].items():
-        first = next(iter(stages.values()))
+        first = next(outcome for outcome in stages.values() if "skipped" not in outcome)
         rows.append([name, "training-free", f"{first['before'][FINE]:.3f}", percent(first["before"][FINE], base[FINE]),
                      f"{first['before'][COARSE]:.3f}", "0", "0", "-"])
         for stage, outcome in stages.items():
+            if "skipped" in outcome:
+                rows.append([name, stage, "-", "-", "-", "-", "-", "nothing to train"])
+                continue
             after = outcome["after"]
             rows.append([name, stage, f"{after[FINE]:.3f}", percent(after[FINE], base[FINE]), f"{after[COARSE]:.3f}",
                          str(outcome["steps"]), f"{outcome['train_cpu_seconds'] / 60:.1f}",

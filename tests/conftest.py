@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 from hypothesis import settings
 
@@ -13,3 +14,28 @@ settings.load_profile("ci")
 # cores instead of oversubscribing them (and the thread tests still interleave their requests).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+
+
+class _RefusedCall:
+    """Stands in for a function that must not run: records the attempt, then raises."""
+
+    def __init__(self, target: str, attempts: list[str]):
+        self.target, self.attempts = target, attempts
+
+    def __call__(self, *args, **kwargs):
+        self.attempts.append(self.target)
+        raise RuntimeError(f"{self.target} was called")
+
+
+@pytest.fixture
+def refuse_calls(monkeypatch):
+    """`refuse_calls(*dotted_targets)` replaces each target by a call that records itself and raises; returns the
+    list of the targets called (what "nothing was built" tests assert empty)."""
+    attempts: list[str] = []
+
+    def install(*targets: str) -> list[str]:
+        for target in targets:
+            monkeypatch.setattr(target, _RefusedCall(target, attempts))
+        return attempts
+
+    return install

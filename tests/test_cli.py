@@ -125,22 +125,10 @@ def test_version(capsys):
 
 
 @pytest.fixture
-def nothing_is_built(monkeypatch):
+def nothing_is_built(refuse_calls):
     """Records every attempt to build a tiny model or to measure; each attempt fails."""
-    attempts = []
-
-    def refuse(name):
-        def record(*args, **kwargs):
-            attempts.append(name)
-            raise RuntimeError(f"{name} was called")
-        return record
-
-    monkeypatch.setattr("vtc.adapters._tiny.build_tiny_model", refuse("build_tiny_model"))
-    monkeypatch.setattr("vtc.bench.measure_configs", refuse("measure_configs"))
-    monkeypatch.setattr("vtc.evaluate", refuse("evaluate"))
-    monkeypatch.setattr("vtc.ablate.evaluate_grid", refuse("evaluate_grid"))
-    monkeypatch.setattr("vtc.tasks.reference_model", refuse("reference_model"))
-    return attempts
+    return refuse_calls("vtc.adapters._tiny.build_tiny_model", "vtc.bench.measure_configs", "vtc.evaluate",
+                        "vtc.ablate.evaluate_grid", "vtc.tasks.reference_model")
 
 
 @pytest.fixture(scope="module")

@@ -256,20 +256,10 @@ def test_resume_continues_from_the_latest_checkpoint_or_the_one_given(pvtc_json,
 
 # ------------------------------------------------------------------------------------------------------------- errors
 @pytest.fixture
-def nothing_is_built(monkeypatch):
+def nothing_is_built(refuse_calls):
     """Records every attempt to load a model or to train; each attempt fails."""
-    attempts = []
-
-    def refuse(name):
-        def record(*args, **kwargs):
-            attempts.append(name)
-            raise RuntimeError(f"{name} was called")
-        return record
-
-    monkeypatch.setattr("vtc.training.run.train_run", refuse("train_run"))
-    monkeypatch.setattr("vtc.bench.load_checkpoint", refuse("load_checkpoint"))
-    monkeypatch.setattr("vtc.tasks.reference_model", refuse("reference_model"))
-    return attempts
+    return refuse_calls("vtc.training.run.train_run", "vtc.bench.load_checkpoint", "vtc.bench.load_model",
+                        "vtc.tasks.reference_model")
 
 
 @pytest.fixture
