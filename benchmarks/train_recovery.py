@@ -32,19 +32,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_table  # noqa: E402
 
 FINE, COARSE = "grid-readout", "majority-colour"
+STAGE_ORDER = ("compressor", "full", "lora")
 
 
 def _lvtc(restore: str) -> vtc.LVTCConfig:
     return vtc.LVTCConfig(ratio=4, compress_layer=1, restore_layer=-1, restore=restore)
 
 
+#: The rows. `init="warm"` (PVTC's default) starts as the model's own projector on window means: good training-free
+#: on coarse work, but a window mean loses where in the window each detail was. `init="paper"` (the paper's
+#: structure: the local query reads the concatenated window) keeps it, and is what fine detail trains back from.
 ROWS = {
     "pvtc-r4": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4)),
     "pvtc-r4-paper": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4, init="paper")),
-    "pvtc-r16": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=16)),
+    "pvtc-r16-paper": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=16, init="paper")),
     "lvtc-r4-delta": vtc.VTCConfig(lvtc=_lvtc("delta")),
     "lvtc-r4-add": vtc.VTCConfig(lvtc=_lvtc("add")),
-    "pvtc-r4+lvtc-r4": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4), lvtc=_lvtc("delta")),
+    "pvtc-r4-paper+lvtc-r4": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4, init="paper"), lvtc=_lvtc("delta")),
 }
 
 
@@ -77,7 +81,8 @@ def run(args, name: str, config: vtc.VTCConfig, stage: str, steps: int, lr: floa
 
 
 def from_scratch(args) -> dict:
-    """The reference recipe from random weights, with and without PVTC r4: same steps, same samples."""
+    """The reference model's architecture from random weights, trained with and without PVTC r4 (paper init): same
+    steps, same samples, every parameter training."""
     from vtc.adapters._reference import build_reference_model
 
     rows = {}
@@ -85,10 +90,43 @@ def from_scratch(args) -> dict:
         model, processor = build_reference_model(args.family, seed=args.seed)
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
-        for name, config in (("uncompressed", vtc.VTCConfig()), ("pvtc-r4", ROWS["pvtc-r4"])):
+        for name, config in (("uncompressed", vtc.VTCConfig()), ("pvtc-r4-paper", ROWS["pvtc-r4-paper"])):
             rows[name] = run(args, f"scratch-{name}", config, "full", args.scratch_steps, args.scratch_lr, folder,
                              train_vision=True)
     return rows
+
+
+def step_times(args, rounds: int = 5, steps: int = 10) -> dict[str, float]:
+    """Median milliseconds of one `full`-stage training step (forward, backward, AdamW) on one batch, per row and
+    uncompressed, in interleaved rounds in this process: the training cost compression saves, side by side."""
+    import copy
+    import statistics
+
+    from vtc.training import VTCCollator, lm_loss, prepare_stage
+
+    samples = training_samples(1, args.batch, args.seed + 1)[:args.batch]
+    setups = {}
+    for name in ["uncompressed", *filter(None, args.rows.split(","))]:
+        model, processor = vtc.tasks.reference_model(args.family)
+        config = vtc.VTCConfig() if name == "uncompressed" else ROWS[name]
+        student_processor = copy.deepcopy(processor)
+        model = prepare_stage(vtc.compress(model, config, processor=student_processor), "full")
+        model.train()
+        batch = VTCCollator(student_processor)(samples)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        setups[name] = (model, batch, optimizer)
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    for round_index in range(rounds + 1):  # the first round warms up and is not counted
+        for name, (model, batch, optimizer) in setups.items():
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            start = time.perf_counter()
+            for _ in range(steps):
+                lm_loss(model(**inputs).logits, batch["labels"]).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if round_index:
+                times[name].append((time.perf_counter() - start) / steps * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def percent(value: float, of: float) -> str:
@@ -111,9 +149,20 @@ def main() -> None:
     parser.add_argument("--eval-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--step-times", action="store_true",
+                        help="only measure the training step time of each of --rows and uncompressed, and exit")
     parser.add_argument("--tables-from", type=Path, nargs="+", metavar="JSON",
                         help="print the tables of earlier runs' recovery.json files (merged) and exit")
     args = parser.parse_args()
+    if args.step_times:
+        measured = step_times(args)
+        (args.out / "step_times.json").parent.mkdir(parents=True, exist_ok=True)
+        (args.out / "step_times.json").write_text(json.dumps(measured, indent=2))
+        print(f"full-stage training step, batch {args.batch}, {torch.get_num_threads()} thread(s), median of 5 "
+              "interleaved rounds of 10 steps:\n")
+        print_table(["config", "ms per step", "of uncompressed"],
+                    [[name, f"{ms:.1f}", f"{ms / measured['uncompressed']:.2f}x"] for name, ms in measured.items()])
+        return
     if args.tables_from:
         merged = merge([json.loads(path.read_text()) for path in args.tables_from])
         (args.out / "recovery.json").parent.mkdir(parents=True, exist_ok=True)
@@ -146,8 +195,10 @@ def main() -> None:
 def merge(parts: list[dict]) -> dict:
     """One result from runs of the same family that measured different rows (e.g. in parallel processes)."""
     merged = dict(parts[0], rows={})
+    merged.pop("wall_minutes", None)  # each part's own
     for part in parts:
-        merged["rows"].update(part["rows"])
+        for name, stages in part["rows"].items():
+            merged["rows"].setdefault(name, {}).update(stages)
         if "from_scratch" in part:
             merged["from_scratch"] = part["from_scratch"]
     return merged
@@ -158,27 +209,27 @@ def print_tables(results: dict) -> None:
     print(f"\n{results['family']} reference model; uncompressed: {FINE} {base[FINE]:.3f}, {COARSE} {base[COARSE]:.3f}"
           f" ({results['eval_size']} test samples per task, batch {results['batch']}, "
           f"{results['threads']} thread(s))\n")
-    header = ["config", "stage", f"{FINE}", "of uncompressed", f"{COARSE}", "steps", "CPU min", "s/step"]
+    header = ["config", "stage", f"{FINE}", "of uncompressed", f"{COARSE}", "steps", "CPU min", "CPU s/step"]
     rows = []
     for name, stages in results["rows"].items():
         first = next(outcome for outcome in stages.values() if "skipped" not in outcome)
         rows.append([name, "training-free", f"{first['before'][FINE]:.3f}", percent(first["before"][FINE], base[FINE]),
                      f"{first['before'][COARSE]:.3f}", "0", "0", "-"])
-        for stage, outcome in stages.items():
+        for stage, outcome in sorted(stages.items(), key=lambda item: STAGE_ORDER.index(item[0])):
             if "skipped" in outcome:
                 rows.append([name, stage, "-", "-", "-", "-", "-", "nothing to train"])
                 continue
             after = outcome["after"]
             rows.append([name, stage, f"{after[FINE]:.3f}", percent(after[FINE], base[FINE]), f"{after[COARSE]:.3f}",
                          str(outcome["steps"]), f"{outcome['train_cpu_seconds'] / 60:.1f}",
-                         f"{outcome['seconds_per_step']:.3f}"])
+                         f"{outcome['train_cpu_seconds'] / outcome['steps']:.3f}"])
     print_table(header, rows)
     scratch = results.get("from_scratch")
     if scratch:
         print("\nFrom scratch (every parameter trains, same samples and steps):\n")
-        print_table(["model", FINE, COARSE, "steps", "CPU min", "s/step"],
+        print_table(["model", FINE, COARSE, "steps", "CPU min", "CPU s/step"],
                     [[name, f"{o['after'][FINE]:.3f}", f"{o['after'][COARSE]:.3f}", str(o["steps"]),
-                      f"{o['train_cpu_seconds'] / 60:.1f}", f"{o['seconds_per_step']:.3f}"]
+                      f"{o['train_cpu_seconds'] / 60:.1f}", f"{o['train_cpu_seconds'] / o['steps']:.3f}"]
                      for name, o in scratch.items()])
 
 
