@@ -199,6 +199,7 @@ def test_a_trained_row_is_named_by_the_grid_row_of_its_configuration_or_by_its_s
         "pvtc-r9 +lora 200 steps"
     other_heads = vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4, num_heads=8))  # spelled like pvtc-r4, not pvtc-r4
     assert config_label(other_heads) == "pvtc-r4-custom"
+    assert config_label(vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4, init="paper"))) == "pvtc-r4-paper"  # not the grid's
     assert trained_row_name(TrainedRun(tmp_path / "c", PVTC_R4, "compressor")) == "pvtc-r4 +compressor"
     twin = run("d", PVTC_R4)  # same configuration, stage and steps: the folders tell them apart
     assert trained_row_name(grid_config, [grid_config, twin]) == "pvtc-r4 +full 1500 steps (a)"

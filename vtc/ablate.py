@@ -78,12 +78,14 @@ def components(config: VTCConfig | Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def config_label(config: VTCConfig) -> str:
-    """A row name for a configuration outside the grid, from its main settings, e.g. `pvtc-r9+lvtc-r4-add`. Where
+    """A row name for a configuration outside the grid, from its main settings, e.g. `pvtc-r9+lvtc-r4-add` or
+    `pvtc-r4-paper` (a PVTC init other than the default). Where
     that spells a grid row's name (the same main settings, others different), `-custom` is added: a row name of the
     grid always means exactly that row's configuration."""
     parts = []
     if config.pvtc is not None:
-        parts.append(f"pvtc-r{config.pvtc.ratio}")
+        default_init = type(config.pvtc)().init
+        parts.append(f"pvtc-r{config.pvtc.ratio}" + ("" if config.pvtc.init == default_init else f"-{config.pvtc.init}"))
     if config.lvtc is not None:
         parts.append(f"lvtc-r{config.lvtc.ratio}-{config.lvtc.restore}")
     if config.rvtc is not None:
