@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_next.modeling_llava_next import (
@@ -229,10 +230,10 @@ class _AnyResAdapter(LlavaLikeAdapter):
                 continue
             crop_size = config.vision_config.image_size
             rows, cols = get_anyres_image_grid_shape(size, self.grid_pinpoints_for(size), crop_size)
-            joined = grid[1:].reshape(rows, cols, gh, gw, d).permute(4, 0, 2, 1, 3).reshape(d, rows * gh, cols * gw)
+            joined = rearrange(grid[1:], "(rows cols) gh gw d -> d (rows gh) (cols gw)", rows=rows, cols=cols)
             joined = self._shrink_joined(unpad_image(joined, size), gh)
-            with_newlines = torch.cat([joined, newline[:, None, None].to(joined).expand(d, joined.shape[1], 1)], -1)
-            packed.append(torch.cat([base, with_newlines.flatten(1, 2).T]))
+            with_newlines = torch.cat([joined, repeat(newline.to(joined), "d -> d h 1", h=joined.shape[1])], -1)
+            packed.append(torch.cat([base, rearrange(with_newlines, "d h w -> (h w) d")]))
         return packed
 
     def _shrink_joined(self, joined: torch.Tensor, crop_side: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import nn
 from transformers.image_utils import SizeDict
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -131,8 +132,7 @@ class Qwen2VLAdapter(Adapter):
         """Patch rows in merge-block order → one row-major `(h, w, d)` grid per image."""
         m, out = self.merge_size, []
         for chunk, (h, w) in zip(torch.split(rows, [h * w for h, w in grids]), grids):
-            blocks = chunk.reshape(h // m, w // m, m, m, -1)
-            out.append(blocks.permute(0, 2, 1, 3, 4).reshape(h, w, -1))
+            out.append(rearrange(chunk, "(gh gw mh mw) d -> (gh mh) (gw mw) d", gh=h // m, gw=w // m, mh=m, mw=m))
         return out
 
     @property
@@ -142,11 +142,11 @@ class Qwen2VLAdapter(Adapter):
         return getattr(vc, "embed_dim", None) or vc.hidden_size
 
     def apply_projector(self, projector: nn.Module, grid: torch.Tensor) -> torch.Tensor:
-        n, h, w, d = grid.shape
+        n, h, w, _ = grid.shape
         m = self.merge_size
         # row-major grids → patch rows in merge-block order `(n, h/m, w/m, m, m)`, which the merger consumes
-        rows = grid.reshape(n, h // m, m, w // m, m, d).permute(0, 1, 3, 2, 4, 5).reshape(-1, d)
-        return projector(rows).reshape(n, h // m, w // m, -1)
+        rows = rearrange(grid, "n (gh mh) (gw mw) d -> (n gh gw mh mw) d", mh=m, mw=m)
+        return rearrange(projector(rows), "(n gh gw) c -> n gh gw c", n=n, gh=h // m, gw=w // m)
 
     def project(self, features: VisionFeatures) -> list[torch.Tensor]:
         return [self.apply_projector(self.projector, p[None]).flatten(0, 2) for p in features.patches]

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 
 from vtc.ops.regions import average_token_windows, partition_windows
@@ -105,14 +106,15 @@ class RegionCrossAttention(nn.Module):
         Returns:
             `(b, c)`.
         """
-        b, k, c = region.shape
-        heads, head_dim = self.num_heads, c // self.num_heads
-        q = self.q_proj(self.query_norm(query)).reshape(b, heads, 1, head_dim)
+        # heads: attention heads, e: their width (c = heads * e); the query is a sequence of one.
+        heads = self.num_heads
+        q = rearrange(self.q_proj(self.query_norm(query)), "b (heads e) -> b heads 1 e", heads=heads)
         normed = self.region_norm(region)
-        keys = self.k_proj(normed).reshape(b, k, heads, head_dim).transpose(1, 2)
-        values = self.v_proj(normed).reshape(b, k, heads, head_dim).transpose(1, 2)
+        keys = rearrange(self.k_proj(normed), "b k (heads e) -> b heads k e", heads=heads)
+        values = rearrange(self.v_proj(normed), "b k (heads e) -> b heads k e", heads=heads)
         mask = None if valid is None else valid[:, None, None, :]
-        attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask).reshape(b, c)
+        attended = rearrange(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask),
+                             "b heads 1 e -> b (heads e)")
         h = query + self.drop_path(self.o_proj(attended))
         x = self.mlp_norm(h)
         return h + self.drop_path(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
@@ -191,8 +193,9 @@ class PVTCProjector(nn.Module):
         scale = self.global_scale
         if tuple(scale.shape[:2]) == tuple(grid):
             return scale
-        resized = F.interpolate(scale.permute(2, 0, 1)[None].float(), size=grid, mode="bilinear", align_corners=False)
-        return resized[0].permute(1, 2, 0).to(scale.dtype)
+        resized = F.interpolate(rearrange(scale, "gh gw c -> 1 c gh gw").float(), size=grid, mode="bilinear",
+                                align_corners=False)
+        return rearrange(resized, "1 c gh gw -> gh gw c").to(scale.dtype)
 
     def forward(
         self,
@@ -220,9 +223,9 @@ class PVTCProjector(nn.Module):
 
         region_values = F.silu(self.region_proj(self.region_norm(patches)))  # (n, h, w, c)
         regions, valid = partition_windows(region_values, self.window)  # (n, gh, gw, k, c), (gh, gw, k)
-        _, gh, gw, k, c = regions.shape
-        regions = regions.reshape(n * gh * gw, k, c)
-        valid = None if bool(valid.all()) else valid.reshape(1, gh * gw, k).expand(n, -1, -1).reshape(-1, k)
+        _, gh, gw, _, c = regions.shape
+        regions = rearrange(regions, "n gh gw k c -> (n gh gw) k c")
+        valid = None if bool(valid.all()) else repeat(valid, "gh gw k -> (n gh gw) k", n=n)
 
         if self.init == "paper":
             concat, _ = partition_windows(patches, self.window)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from vtc.layout import BatchLayout
 from vtc.ops.groups import GroupIndex, check_layout
@@ -106,11 +107,11 @@ def unpool_bilinear(x_c: torch.Tensor, gi: GroupIndex, layout: BatchLayout, rati
             # The group of window (i, j) is the group of its top-left cell.
             leaders = span.start + (rows[:ph] * sh) * stride + cols[:, :pw] * sw
             grid = flat[bi, index[bi, leaders]]  # (ph, pw, d)
-            grid = (grid.float() if grid.dtype in _HALF else grid).permute(2, 0, 1)[None]  # (1, d, ph, pw)
+            grid = rearrange(grid.float() if grid.dtype in _HALF else grid, "ph pw d -> 1 d ph pw")
             full = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
             samples.append(torch.full((h * w,), bi, device=x_c.device))
             positions.append((span.start + rows * stride + cols).flatten())
-            values.append(full[0].flatten(1).T.to(x_c.dtype))  # (h * w, d), row-major
+            values.append(rearrange(full, "1 d h w -> (h w) d").to(x_c.dtype))  # row-major
     if not values:
         return out
     flat_out = out.flatten(2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, reduce, repeat
 
 from vtc.ops.windows import pooled_grid
 
@@ -42,13 +43,13 @@ def partition_windows(x: torch.Tensor, window: tuple[int, int]) -> tuple[torch.T
         bool, False at padding slots. `(gh, gw) = pooled_grid((h, w), window)`.
     """
     _check_grid(x, "x")
-    n, h, w, d = x.shape
+    _, h, w, _ = x.shape
     wh, ww = window
     gh, gw = pooled_grid((h, w), window)
-    regions = _pad_grid(x, gh * wh, gw * ww).reshape(n, gh, wh, gw, ww, d).permute(0, 1, 3, 2, 4, 5)
+    regions = rearrange(_pad_grid(x, gh * wh, gw * ww), "n (gh wh) (gw ww) d -> n gh gw (wh ww) d", wh=wh, ww=ww)
     valid = torch.ones(1, h, w, 1, dtype=torch.bool, device=x.device)
-    valid = _pad_grid(valid, gh * wh, gw * ww).reshape(gh, wh, gw, ww).permute(0, 2, 1, 3)
-    return regions.reshape(n, gh, gw, wh * ww, d), valid.reshape(gh, gw, wh * ww)
+    valid = rearrange(_pad_grid(valid, gh * wh, gw * ww), "1 (gh wh) (gw ww) 1 -> gh gw (wh ww)", wh=wh, ww=ww)
+    return regions, valid
 
 
 def average_token_windows(x: torch.Tensor, token: tuple[int, int], side: int) -> torch.Tensor:
@@ -69,7 +70,7 @@ def average_token_windows(x: torch.Tensor, token: tuple[int, int], side: int) ->
         `(n, gh * th, gw * tw, d)` with `(gh, gw) = pooled_grid((h // th, w // tw), (side, side))`, in `x`'s dtype.
     """
     _check_grid(x, "x")
-    n, h, w, d = x.shape
+    _, h, w, _ = x.shape
     th, tw = token
     if h % th or w % tw:
         raise ValueError(f"a ({h}, {w}) patch grid is not a whole number of ({th}, {tw}) tokens")
@@ -77,8 +78,11 @@ def average_token_windows(x: torch.Tensor, token: tuple[int, int], side: int) ->
         return x
     gh, gw = pooled_grid((h // th, w // tw), (side, side))
     acc = x.float() if x.dtype in _HALF else x
-    acc = _pad_grid(acc, gh * side * th, gw * side * tw).reshape(n, gh, side, th, gw, side, tw, d)
+    acc = _pad_grid(acc, gh * side * th, gw * side * tw)
+    # sh, sw: a window's native tokens; th, tw: the patch position inside a token, which the mean keeps apart.
+    total = reduce(acc, "n (gh sh th) (gw sw tw) d -> n (gh th) (gw tw) d", "sum", sh=side, sw=side, th=th, tw=tw)
     ones = torch.ones(1, h // th, w // tw, 1, dtype=acc.dtype, device=x.device)
-    count = _pad_grid(ones, gh * side, gw * side).reshape(gh, side, gw, side).sum(dim=(1, 3))  # real tokens per window
-    mean = acc.sum(dim=(2, 5)) / count[None, :, None, :, None, None]
-    return mean.reshape(n, gh * th, gw * tw, d).to(x.dtype)
+    count = reduce(_pad_grid(ones, gh * side, gw * side), "1 (gh sh) (gw sw) 1 -> gh gw", "sum", sh=side, sw=side)
+    # real tokens per window, spread over the window's output patches
+    mean = total / repeat(count, "gh gw -> (gh th) (gw tw) 1", th=th, tw=tw)
+    return mean.to(x.dtype)
