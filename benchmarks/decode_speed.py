@@ -30,8 +30,8 @@ import time
 
 import torch
 from _common import describe_run, parser_with_common_options, print_table
-from pvtc_speed import IMAGE_TOKEN, PATCH_GRID, build_model, make_inputs, visual_tokens
-from transformers import LlavaConfig, LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
+from pvtc_speed import build_model, make_inputs, visual_tokens
+from transformers import LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
 
 import vtc
 from vtc.bench import _cache_megabytes
@@ -39,19 +39,7 @@ from vtc.bench import _cache_megabytes
 
 def build_small_model(device: str, dtype: torch.dtype, attn: str) -> LlavaForConditionalGeneration:
     """`pvtc_speed.build_model` with a 2-layer tower and an 8-layer decoder (same widths, 576 patches): a CPU smoke run."""
-    config = LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
-                           num_hidden_layers=2, num_attention_heads=16, image_size=336, patch_size=14,
-                           projection_dim=768),
-        text_config=dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=8,
-                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151_936,
-                         max_position_embeddings=4096, tie_word_embeddings=True),
-        image_token_index=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default",
-        image_seq_length=PATCH_GRID[0] * PATCH_GRID[1],
-    )
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration._from_config(config, attn_implementation=attn, dtype=dtype)
-    return model.to(device).eval()
+    return build_model(device, dtype, attn, vision_layers=2, text_layers=8)
 
 
 class StepClock(LogitsProcessor):

@@ -34,12 +34,13 @@ TEXT_TOKENS = 64
 IMAGE_TOKEN = 151_655
 
 
-def build_model(device: str, dtype: torch.dtype, attn: str) -> LlavaForConditionalGeneration:
+def build_model(device: str, dtype: torch.dtype, attn: str, vision_layers: int = 24,
+                text_layers: int = 24) -> LlavaForConditionalGeneration:
     config = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
-                           num_hidden_layers=24, num_attention_heads=16, image_size=336, patch_size=14,
+                           num_hidden_layers=vision_layers, num_attention_heads=16, image_size=336, patch_size=14,
                            projection_dim=768),
-        text_config=dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        text_config=dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=text_layers,
                          num_attention_heads=14, num_key_value_heads=2, vocab_size=151_936,
                          max_position_embeddings=4096, tie_word_embeddings=True),
         image_token_index=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default",
