@@ -37,12 +37,17 @@ IMAGE_SIZE, PATCH = 96, 4  # a small tower with a 24x24 patch grid: its cost is 
 IMAGE_TOKEN = 151_655
 
 
-def build_model(device: str, dtype: torch.dtype, attn: str) -> LlavaForConditionalGeneration:
+def build_model(device: str, dtype: torch.dtype, attn: str, *, width: int = 896, layers: int = 24,
+                intermediate: int | None = None) -> LlavaForConditionalGeneration:
+    """The benchmark's model; `width` (a multiple of 64), `layers` and `intermediate` (the MLP width, by default the
+    Qwen2 proportion) shrink its decoder for measurements of LVTC's own work."""
+    heads = width // 64
     config = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=64),
-        text_config=dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151_936,
+        text_config=dict(model_type="qwen2", hidden_size=width, intermediate_size=intermediate or width * 38 // 7,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=min(2, heads),
+                         vocab_size=151_936,
                          max_position_embeddings=4096, tie_word_embeddings=True),
         image_token_index=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default",
         image_seq_length=GRID * GRID,

@@ -34,6 +34,10 @@ class ForwardRecord:
     sequence_length: int = 0
     visual_layout: BatchLayout | None = None
     decode_steps: int = 0
+    # While the prefill runs: the 2-D attention mask it was given and that mask's CPU copy, read when the forward
+    # began, so that a compressor can build its structure on the host without waiting for the device mid-forward.
+    attention_mask: torch.Tensor | None = None
+    host_attention_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -179,11 +183,17 @@ class _Instrumentation:
             input_ids = _placeholder_ids(adapter, bound["inputs_embeds"])
         record = ForwardRecord()
         if input_ids is not None:
+            # One read of the ids (and the mask) to the host, here, before the forward queues any device work: the
+            # layout needs the placeholder positions, and nothing later in the forward waits for the device.
+            input_ids = input_ids.cpu()
             is_image = input_ids == adapter.image_token_id
             record.visual_tokens = is_image.sum(dim=1).tolist()
             record.sequence_length = input_ids.shape[1]
             if bool(is_image.any()) and image_inputs:
                 record.visual_layout = _visual_layout(adapter, input_ids, image_inputs)
+                mask = bound.get("attention_mask")
+                if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+                    record.attention_mask, record.host_attention_mask = mask, mask.cpu()
         call.recording = record
         call.in_forward = True  # set last: a pre-hook that raised never reaches the always-called closing hook
         return None
@@ -192,6 +202,7 @@ class _Instrumentation:
         call = self.state.call
         call.in_forward = False
         if call.recording is not None:
+            call.recording.attention_mask = call.recording.host_attention_mask = None
             call.last, call.recording = call.recording, None
 
 

@@ -29,6 +29,7 @@ from torch.profiler import record_function
 from transformers.masking_utils import create_causal_mask
 
 from ._state import forward_arguments
+from ._structure_cache import StructureCache
 from .config import LVTCConfig
 from .errors import ConfigError, UnsupportedModelError
 from .layout import BatchLayout
@@ -69,6 +70,15 @@ class LVTCPrefill:
     compact_mask: torch.Tensor | None  # `(b, g)` 2-D mask of the compressed prompt, None for all ones
 
 
+@dataclass(frozen=True, eq=False)
+class PrefillStructure:
+    """What a compressed prefill derives from its batch's structure alone (cached per structure, never mutated)."""
+
+    groups: GroupIndex
+    compact_mask: torch.Tensor | None  # `(b, g)` 2-D mask of the compressed prompt, None when every key is attended
+    cells: torch.Tensor | None  # `(b, s)` bool, the pooled positions (only for `restore="add"`)
+
+
 @dataclass
 class LVTCStep:
     """What one forward through the language model needs between its hooks (per thread, dropped at its end)."""
@@ -76,6 +86,8 @@ class LVTCStep:
     prefill: bool = False
     layout: BatchLayout | None = None
     mask2d: torch.Tensor | None = None  # 2-D mask of the compressed layers' keys (prefill: of the full prompt)
+    host_mask: torch.Tensor | None = None  # prefill: the CPU copy of `mask2d`, so the structure is read on the host
+    prompt_dense: bool = False  # decode: the compressed prompt attends every key (its compact mask is None)
     rotary_positions: torch.Tensor | None = None
     groups: GroupIndex | None = None
     attention_mask: Any = None  # what layers K..L-1 receive as `attention_mask`
@@ -123,6 +135,7 @@ class _Controller:
                  gate: nn.Parameter | None):
         self.state, self.config, self.gate = state, config, gate
         self.compress_layer, self.restore_layer = compress_layer, restore_layer
+        self.structures = StructureCache()
 
     @property
     def _step(self) -> LVTCStep | None:
@@ -149,7 +162,12 @@ class _Controller:
         layout = record.visual_layout if record is not None else None
         if layout is None or not any(layout):
             return LVTCStep()  # nothing visual to pool: layers K..L-1 run unchanged
-        return LVTCStep(prefill=True, active=True, layout=layout, mask2d=mask)
+        # The instrumentation read the mask to the host when the forward began, before any device work was queued;
+        # a mask the language model got from elsewhere is read here (a device sync, but never a wrong structure).
+        host_mask = record.host_attention_mask if mask is record.attention_mask else None
+        if host_mask is None and mask is not None:
+            host_mask = mask.cpu()
+        return LVTCStep(prefill=True, active=True, layout=layout, mask2d=mask, host_mask=host_mask)
 
     def _begin_decode(self, mask: torch.Tensor | None, cache: Any, batch: int, new_tokens: int) -> LVTCStep:
         prefill: LVTCPrefill | None = getattr(cache, PREFILL_ATTR, None)
@@ -180,7 +198,7 @@ class _Controller:
                 )
         mask2d = extend_mask(prefill.compact_mask, new_mask, appended + new_tokens, batch,
                              compact_len=prefill.compressed_length)
-        return LVTCStep(active=True, mask2d=mask2d)
+        return LVTCStep(active=True, mask2d=mask2d, prompt_dense=prefill.compact_mask is None)
 
     def end_forward(self, _module, _args, _kwargs, _output):
         # Drop the per-forward tensors (hidden states with their autograd graph among them).
@@ -202,9 +220,12 @@ class _Controller:
             return None
         cache = kwargs.get("past_key_values")
         if not step.prefill:
+            # The model's own mask for this layer is None only when it attends every key of the full sequence; with
+            # a dense compressed prompt, so does the compressed one, and the mask is skipped without reading it.
+            dense = step.prompt_dense and kwargs.get("attention_mask") is None
             # Sized against layer K's own cache, before this layer appends the step's keys.
             with record_function(COMPRESS_RANGE):
-                step.attention_mask = self._mask(_hidden(args, kwargs), step.mask2d, cache)
+                step.attention_mask = self._mask(_hidden(args, kwargs), None if dense else step.mask2d, cache)
             return args, {**kwargs, "attention_mask": step.attention_mask, "position_ids": None}
         with record_function(COMPRESS_RANGE):
             return self._compress_prefill(args, kwargs, step, cache)
@@ -221,19 +242,43 @@ class _Controller:
             # and change the last bits of the real tokens.
             step.prefill = step.active = False
             return args, kwargs
-        padding = None if mask2d is None else ~mask2d.bool()
-        groups = group_index(step.layout, hidden.shape[1], self.config.ratio, padding=padding, device=hidden.device)
+        structure = self._structure(step, hidden)
+        groups = structure.groups
         pooled = pool(hidden, groups)
         step.groups = groups
-        step.residual = self._residual(hidden, pooled, step)
-        step.mask2d = compact_mask(step.mask2d, groups)
+        step.residual = self._residual(hidden, pooled, step, structure)
+        step.mask2d = structure.compact_mask
         step.attention_mask = self._mask(pooled, step.mask2d, cache)
         step.position_embeddings = self._rotary(pooled, groups, kwargs["position_embeddings"], step)
         if cache is not None:  # the decode steps that extend this cache continue from here
             setattr(cache, PREFILL_ATTR, LVTCPrefill(groups.seq_len, groups.max_groups, step.mask2d))
         return _with_hidden(args, self._swapped(kwargs, step), pooled)
 
-    def _residual(self, hidden: torch.Tensor, pooled: torch.Tensor, step: LVTCStep) -> torch.Tensor | None:
+    def _structure(self, step: LVTCStep, hidden: torch.Tensor) -> PrefillStructure:
+        """The group index and masks of this batch's structure, from the cache when the structure repeats."""
+        host_mask = step.host_mask
+        padding = None if host_mask is None else host_mask == 0
+        if padding is not None and not bool(padding.any()):  # a host tensor: no device sync
+            padding = None
+        seq_len = hidden.shape[1]
+        key = (tuple(step.layout), seq_len, None if padding is None else padding.numpy().tobytes(),
+               None if step.mask2d is None else step.mask2d.dtype, hidden.device)
+
+        def build() -> PrefillStructure:
+            # Normal tensors even inside `torch.inference_mode()`: a cached entry may serve a training forward next.
+            with torch.inference_mode(False):
+                groups = group_index(step.layout, seq_len, self.config.ratio, padding=padding, device=hidden.device)
+                # The compressed mask is needed only where a key is masked: padding, or the slots of shorter samples.
+                dense = padding is None and not groups.is_ragged
+                cells = None
+                if self.restore_layer is not None and self.config.restore == "add":
+                    cells = cell_mask(step.layout, seq_len).to(hidden.device, non_blocking=True)
+                return PrefillStructure(groups, None if dense else compact_mask(step.mask2d, groups), cells)
+
+        return self.structures.get(key, build)
+
+    def _residual(self, hidden: torch.Tensor, pooled: torch.Tensor, step: LVTCStep,
+                  structure: PrefillStructure) -> torch.Tensor | None:
         """The full-resolution term the restore adds to the upsampled compressed output."""
         if self.restore_layer is None or self.config.restore == "upsample":
             return None
@@ -241,13 +286,16 @@ class _Controller:
             # What pooling lost, per token: exactly zero for text, newline tokens and every singleton group, so
             # `upsample(H'_L) + residual` is the unpatched model at ratio=1, bit for bit.
             return hidden - self._upsample(pooled, step)
-        cells = cell_mask(step.layout, hidden.shape[1], device=hidden.device)
-        return hidden * cells[..., None].to(hidden.dtype)
+        return hidden * structure.cells[..., None].to(hidden.dtype)
 
     def _mask(self, hidden: torch.Tensor, mask2d: torch.Tensor | None, cache: Any):
         # position_ids=None: compressed positions have gaps, which the mask builder would read as packed sequences.
+        # Callers pass None when every key is attended, so a mask given here masks a key (or is one the attention
+        # implementation materialises anyway): the builder's check whether it could skip the mask, a host read of
+        # the mask (a device sync), would only ever answer no, and is switched off.
         return create_causal_mask(config=self.state.adapter.text_config, inputs_embeds=hidden, attention_mask=mask2d,
-                                  past_key_values=cache, position_ids=None, layer_idx=self.compress_layer)
+                                  past_key_values=cache, position_ids=None, layer_idx=self.compress_layer,
+                                  allow_is_causal_skip=mask2d is None)
 
     def _rotary(self, pooled: torch.Tensor, groups: GroupIndex, full: tuple[torch.Tensor, torch.Tensor],
                 step: LVTCStep) -> tuple[torch.Tensor, torch.Tensor]:

@@ -225,7 +225,9 @@ class PVTCProjector(nn.Module):
         regions, valid = partition_windows(region_values, self.window)  # (n, gh, gw, k, c), (gh, gw, k)
         _, gh, gw, _, c = regions.shape
         regions = rearrange(regions, "n gh gw k c -> (n gh gw) k c")
-        valid = None if bool(valid.all()) else repeat(valid, "gh gw k -> (n gh gw) k", n=n)
+        # Known from the shapes (no read of `valid`, which would be a device sync): windows tile the grid exactly.
+        tiled = h % self.window[0] == 0 and w % self.window[1] == 0
+        valid = None if tiled else repeat(valid, "gh gw k -> (n gh gw) k", n=n)
 
         if self.init == "paper":
             concat, _ = partition_windows(patches, self.window)

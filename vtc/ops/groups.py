@@ -36,6 +36,8 @@ class GroupIndex:
         size: `(b, g)` long, members per group (0 for padding slots).
         is_visual: `(b, g)` bool, whether the group lies in a visual span (its newline tokens included).
         valid: `(b, g)` bool, False for padding slots.
+        lengths: `num_groups` as host integers, so that shape decisions never read a device tensor (a host sync).
+        rows: `(b * s,)` long, the row of every position in the `(b * g)` flattened compressed batch.
     """
 
     index: torch.Tensor
@@ -44,6 +46,8 @@ class GroupIndex:
     size: torch.Tensor
     is_visual: torch.Tensor
     valid: torch.Tensor
+    lengths: tuple[int, ...]
+    rows: torch.Tensor
 
     @property
     def max_groups(self) -> int:
@@ -63,8 +67,12 @@ class GroupIndex:
     @property
     def is_identity(self) -> bool:
         """True when every position is a group of its own (`ratio=1`, or no visual token to merge)."""
-        # The shape test is free; the tensor test (a device sync) only runs when the shapes already agree.
-        return self.max_groups == self.seq_len and bool((self.num_groups == self.seq_len).all())
+        return self.max_groups == self.seq_len and all(n == self.seq_len for n in self.lengths)
+
+    @property
+    def is_ragged(self) -> bool:
+        """True when samples have different numbers of groups, so the shorter ones end in padding slots."""
+        return any(n != self.max_groups for n in self.lengths)
 
 
 def check_layout(layout: BatchLayout, seq_len: int) -> None:
@@ -188,7 +196,7 @@ def group_index(layout: BatchLayout, seq_len: int, ratio: int, *, padding: torch
     padding = _check_padding(padding, len(layout), seq_len)
     index, first, size, is_visual = [], [], [], []
     # Batches often repeat a sample's structure (same image size, same prompt length): group each distinct
-    # (spans, padding) once. This runs on the host before the compressed layers, so on a GPU it is latency.
+    # (spans, padding) once.
     grouped: dict[tuple, tuple[torch.Tensor, ...]] = {}
     for b, sample in enumerate(layout):
         row = None if padding is None else padding[b]
@@ -204,16 +212,25 @@ def group_index(layout: BatchLayout, seq_len: int, ratio: int, *, padding: torch
         size.append(sample_size)
         is_visual.append(sample_visual)
 
-    num_groups = torch.tensor([len(f) for f in first], dtype=torch.long)
-    g = int(num_groups.max())
+    lengths = tuple(len(f) for f in first)
+    batch, g = len(layout), max(lengths)
+    num_groups = torch.tensor(lengths, dtype=torch.long)
     # Padding slots repeat the last real first position so that gathers at `first` stay in range and monotone.
     first = torch.stack([torch.cat([f, f[-1:].expand(g - len(f))]) for f in first])
     size = torch.stack([torch.cat([n, n.new_zeros(g - len(n))]) for n in size])
     is_visual = torch.stack([torch.cat([v, v.new_zeros(g - len(v))]) for v in is_visual])
     valid = torch.arange(g)[None, :] < num_groups[:, None]
-    index = torch.stack(index).reshape(len(layout), seq_len)
-    return GroupIndex(index=index.to(device), num_groups=num_groups.to(device), first=first.to(device),
-                      size=size.to(device), is_visual=is_visual.to(device), valid=valid.to(device))
+    index = torch.stack(index).reshape(batch, seq_len)
+    rows = (index + torch.arange(batch)[:, None] * g).flatten()
+    # Built on the host, sent to the device as one copy that does not wait for the device's queued work.
+    parts = [index, num_groups, first, size, is_visual, valid, rows]
+    packed = torch.cat([part.flatten().long() for part in parts]).to(device, non_blocking=True)
+    index, num_groups, first, size, is_visual, valid, rows = (
+        chunk.view(part.shape).to(part.dtype)
+        for chunk, part in zip(packed.split([part.numel() for part in parts]), parts, strict=True)
+    )
+    return GroupIndex(index=index, num_groups=num_groups, first=first, size=size, is_visual=is_visual, valid=valid,
+                      lengths=lengths, rows=rows)
 
 
 def cell_mask(layout: BatchLayout, seq_len: int, *, device: torch.device | str | None = None) -> torch.Tensor:

@@ -28,7 +28,7 @@ def compact_mask(mask2d: torch.Tensor | None, gi: GroupIndex) -> torch.Tensor | 
         need masking, and a long mask of 1 (valid) / 0 (padding) is returned.
     """
     if mask2d is None:
-        if bool((gi.num_groups == gi.max_groups).all()):
+        if not gi.is_ragged:
             return None
         return gi.valid.long()
     if mask2d.dim() != 2 or tuple(mask2d.shape) != (gi.batch_size, gi.seq_len):
