@@ -1,0 +1,123 @@
+"""`benchmarks/real_size.py`: its `--tiny` run writes every table on the CPU; on a GPU, with the flash SDPA backend
+forced, every compressed configuration's outputs agree with the default backend's (no padding, causal: the masks
+allow flash)."""
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "real_size.py"
+FAMILIES = ("llava", "qwen2_vl")
+PREFILL_ROWS = ["baseline", "pvtc r4", "pvtc r16", "lvtc r1", "lvtc r4", "lvtc r16", "rvtc", "pvtc r4 + lvtc r4"]
+ORACLE_ROWS = ["baseline", "pvtc r4", "pvtc r16", "lvtc r4", "lvtc r16", "pvtc r4 + lvtc r4"]
+GENERATION_ROWS = [row for row in PREFILL_ROWS if row != "lvtc r1"]  # the flash check's rows too
+
+
+def run_script(out: Path, *options: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(out), *options], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_tiny_run_writes_every_table(tmp_path):
+    # the smallest setting that still runs every phase, configuration and oracle; a budget no machine load exceeds
+    run_script(tmp_path, "--batches", "1", "--repeats", "1", "--new-tokens", "3", "--flash-repeats", "1",
+               "--flash-batch", "1", "--budget-s", "3600")
+    results = json.loads((tmp_path / "real_size.json").read_text())
+    markdown = (tmp_path / "real_size.md").read_text()
+    assert results["meta"]["finished"] and results["skipped"] == []
+    assert list(results["families"]) == list(FAMILIES)
+    for key, family in results["families"].items():
+        prefill = family["prefill"]["1"]
+        assert prefill["rounds"] == 1 and list(prefill["rows"]) == PREFILL_ROWS
+        for name, row in prefill["rows"].items():
+            if key == "llava" and name == "rvtc":  # one fixed resolution: said so, not measured
+                assert "ConfigError" in row["na"] and "fixed input resolution" in row["na"]
+                continue
+            assert row["lm"] > 0 and row["total"] >= row["lm"] and row["speedup"] > 0 and row["flops_ratio"] >= 1
+            assert len(row["layer_lens"]) == family["num_layers"]
+            assert ("of_oracle" in row) == (name in ORACLE_ROWS)
+        rows = prefill["rows"]
+        assert rows["pvtc r4"]["visual"] == 16 and rows["pvtc r16"]["visual"] == 4 and rows["lvtc r4"]["visual"] == 64
+        assert rows["pvtc r4"]["projector_cost"] is None or rows["pvtc r4"]["projector_cost"] > -10
+        assert "overhead" in rows["lvtc r1"]
+        if key == "qwen2_vl":  # RVTC's budget: the visual tokens of PVTC r4, from a smaller image
+            assert rows["rvtc"]["visual"] == rows["pvtc r4"]["visual"]
+            assert rows["rvtc"]["vision"] >= 0
+
+        flash = family["flash"]["rows"]
+        assert list(flash) == GENERATION_ROWS
+        for name, row in flash.items():
+            if "na" in row:
+                continue
+            assert row["masked_calls"] == 0 and row["decode_masked_calls"] == 0, (key, name, row)
+            assert row["agree"] and row["decode_agree"], (key, name, row)
+
+        decode = family["decode"]["1"]["rows"]
+        assert list(decode) == GENERATION_ROWS
+        for name, row in decode.items():
+            if "na" in row:
+                continue
+            assert row["ttft"] > 0 and row["decode"] > 0 and row["kv_mib"] > 0
+            assert (row["kv_ratio"] < 1) == (name != "baseline")
+
+    for heading in ("prefill, batch 1", "flash SDPA forced, batch 1", "generation, batch 1", "## Targets",
+                    "## Phase times", "PVTC r4 >= 95% of oracle", "LVTC r1 overhead <= 2%"):
+        assert heading in markdown
+    assert "skipped" not in markdown.split("## Skipped")[0]
+
+
+@pytest.fixture
+def real_size(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the script imports its neighbours
+    return importlib.import_module("real_size")
+
+
+def test_time_guard_skips_what_does_not_fit_and_says_so(real_size, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        real_size.main(["--tiny", "--out", str(tmp_path), "--budget-s", "0"])
+    finally:
+        torch.set_num_threads(threads)  # --tiny runs on one thread
+    results = json.loads((tmp_path / "real_size.json").read_text())
+    assert results["families"] == {} and results["meta"]["finished"]
+    assert [s.split(":")[0] for s in results["skipped"]] == list(FAMILIES)
+    assert "everything: skipped by the time guard" in (tmp_path / "real_size.md").read_text()
+
+
+def check_flash_agrees(real_size, family_key: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Every configuration of the script on the tiny model: no SDPA call gets a mask, and flash forced agrees with
+    the default backend, prefill (final hidden states at every position) and decode (step logits)."""
+    family = real_size.FAMILY_CLASSES[family_key](True, device, dtype, "sdpa")
+    model = family.build()
+    k, restore = real_size.vtc.LVTCConfig(compress_layer=2, restore_layer=-2, ratio=1).resolve_layers(
+        model.config.text_config.num_hidden_layers)
+    rows = real_size.make_rows(family, model, [4, 16], k, restore)
+    one = {row.inputs_key: family.inputs_one(model, None if row.inputs_key == "native" else row.config)
+           for row in rows}
+    inputs = {key: real_size.expand(value, 2, device, dtype) for key, value in one.items()}
+    checked = []
+    for row in rows:
+        if row.na is not None or row.name == "lvtc r1":
+            continue
+        result = real_size.flash_check(model, family, row, inputs[row.inputs_key], repeats=1)
+        where = f"{family_key} {row.name}: {result}"
+        assert result["masked_calls"] == 0 and result["decode_masked_calls"] == 0, where  # no padding, causal
+        assert "prefill_error" not in result and "decode_error" not in result, where
+        assert result["agree"] and result["decode_agree"], where
+        checked.append(row.name)
+    assert checked == [name for name in GENERATION_ROWS if not (family_key == "llava" and name == "rvtc")]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family_key", FAMILIES)
+def test_flash_forced_agrees_with_default_backend_on_cuda(real_size, family_key):
+    check_flash_agrees(real_size, family_key, torch.device("cuda"), torch.bfloat16)
