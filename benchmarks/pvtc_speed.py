@@ -69,6 +69,9 @@ def make_inputs(ratio: int | None, batch: int, device: str, dtype: torch.dtype) 
 class PartTimer:
     """Wall time of named submodules inside one forward, from forward pre/post hooks."""
 
+    #: Whether the start hook runs before the module's other pre-hooks (vtc's included), so they count in its time.
+    first = False
+
     def __init__(self, device: torch.device):
         self.device, self.handles, self.elapsed, self._start = device, [], {}, {}
 
@@ -85,7 +88,8 @@ class PartTimer:
             self._sync()
             self.elapsed[name] = self.elapsed.get(name, 0.0) + (time.perf_counter() - self._start[name]) * 1e3
 
-        self.handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+        self.handles += [module.register_forward_pre_hook(before, prepend=self.first),
+                         module.register_forward_hook(after)]
 
     def remove(self):
         for handle in self.handles:

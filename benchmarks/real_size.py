@@ -355,16 +355,7 @@ class FirstHookPartTimer(PartTimer):
     """`pvtc_speed.PartTimer` whose start hook runs before any other pre-hook (vtc's LM pre-hook included), so
     that the language model's time holds all of LVTC's own work."""
 
-    def watch(self, name, module):
-        def before(*_):
-            self._sync()
-            self._start[name] = time.perf_counter()
-
-        def after(*_):
-            self._sync()
-            self.elapsed[name] = self.elapsed.get(name, 0.0) + (time.perf_counter() - self._start[name]) * 1e3
-
-        self.handles += [module.register_forward_pre_hook(before, prepend=True), module.register_forward_hook(after)]
+    first = True
 
 
 class SequenceOracle(Oracle):
