@@ -93,6 +93,7 @@ class Qwen2VLAdapter(Adapter):
             patches=patches, cls=None, items_per_image=[1] * len(patches), extra=extra, image_inputs=dict(image_inputs)
         )
 
+    @torch.compiler.disable
     def _check_image_inputs(self, pixel_values: Any, grid_thw: Any) -> list[tuple[int, int]]:
         """Each image's patch grid `(h, w)`, once the inputs are known to be shaped as the processor makes them:
         `image_grid_thw` one row `(1, h, w)` per image, and `pixel_values` one row of `channels * temporal_patch *
@@ -187,19 +188,20 @@ class Qwen2VLAdapter(Adapter):
         # cannot change (the vision tower consumes it), so only the position index sees the pooled grid.
         ledger.replace_method(self.base_model, "get_rope_index", self.pvtc_rope_index)
 
+    @torch.compiler.disable
+    def _checked_pooled_grid_thw(self, grid_thw, input_ids):
+        grid_thw = self._grid_thw_under_pvtc(grid_thw)
+        if input_ids is not None:
+            placeholders = int((input_ids == self.image_token_id).sum())
+            check_placeholder_count(placeholders, int(grid_thw.prod(-1).sum()) // self.merge_size**2)
+        return grid_thw
+
     def pvtc_rope_index(self, original, *args, **kwargs):
         """`get_rope_index` on the pooled grids."""
         bound = inspect.signature(original).bind(*args, **kwargs)
         grid_thw = bound.arguments.get("image_grid_thw")
         if grid_thw is not None:
-            grid_thw = self._grid_thw_under_pvtc(grid_thw)
-            # generate builds positions before the first forward: this is the first place a prompt processed
-            # without the patched processor shows, and the index would fail with an opaque shape error.
-            input_ids = bound.arguments.get("input_ids")
-            if input_ids is not None:
-                placeholders = int((input_ids == self.image_token_id).sum())
-                check_placeholder_count(placeholders, int(grid_thw.prod(-1).sum()) // self.merge_size**2)
-            bound.arguments["image_grid_thw"] = grid_thw
+            bound.arguments["image_grid_thw"] = self._checked_pooled_grid_thw(grid_thw, bound.arguments.get("input_ids"))
         return original(*bound.args, **bound.kwargs)
 
     def patch_processor_for_pvtc(self, processor: Any, ledger: PatchLedger) -> None:

@@ -10,8 +10,10 @@ Three primitives, each recorded with its undo action:
 
 `replace_method(obj, name, implementation)` is `set_attr` with a `MethodOverride`: it shows the original's signature
 (transformers routes keyword arguments by `inspect.signature`, e.g. `generate` with `get_image_features`) and calls
-`implementation(original, *args, **kwargs)`. `add_forward_pre_hook` / `add_forward_hook` register a torch hook
-wrapped in a `GuardedHook` and record its removal.
+`implementation(original, *args, **kwargs)`. Under `torch.compile` the original of a class method is handed over as
+`functools.partial(function, obj)` rather than a bound method: after a graph break, dynamo rebuilds a bound method
+as `getattr(obj, name)`, which is the override itself, and the override would call itself forever.
+`add_forward_pre_hook` / `add_forward_hook` register a torch hook wrapped in a `GuardedHook` and record its removal.
 
 Suspending (`with ledger.suspended():`, what `vtc.disabled` uses) makes, in the calling thread only, every model-side
 change behave as if it were not there: guarded hooks return `None` and suspendable overrides call their original.
@@ -27,12 +29,15 @@ independent compressed model whose ledger undoes the copy, and pickles (`torch.s
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import nn
 
 __all__ = ["GuardedHook", "MethodOverride", "PatchLedger"]
@@ -63,10 +68,16 @@ def _instance_value(obj: Any, name: str) -> Any:
 class MethodOverride:
     """`owner.name` replaced by `implementation(original, *args, **kwargs)`.
 
-    `original` is what `owner.name` was before: an earlier instance override, or the class's method bound to
-    `owner`. The override holds the owner and the name, never a bound method, so a copy of the owner gets an
-    override of the copy and a pickled one resolves its original again on load. `inspect.signature` shows the
-    original's signature.
+    `original` is what `owner.name` was before: an earlier instance override, or the class's attribute bound to
+    `owner` (through the descriptor protocol, so a static or class method stays one). The override holds the owner
+    and the name, never a bound method, so a copy of the owner gets an override of the copy. The class attribute is
+    looked up once, when the override is made, and again when a copy or a pickle is loaded (it is never pickled).
+    `inspect.signature` shows the original's signature.
+
+    Under `torch.compile` (while dynamo traces), an original that is a plain class function is handed to the
+    implementation as `functools.partial(function, owner)`: dynamo rebuilds a bound method it made during tracing as
+    `getattr(owner, name)` after a graph break, which here is the override itself. The partial has the bound method's
+    signature and result, not its `__self__`; only processor-side overrides, which are never compiled, read that.
 
     With a `ledger` and `suspendable`, the override calls the original directly while the ledger is suspended in
     the calling thread (`PatchLedger.suspended`).
@@ -81,12 +92,43 @@ class MethodOverride:
         self.owner, self.name, self.implementation = owner, name, implementation
         self.previous = _instance_value(owner, name)
         self.ledger, self.suspendable = ledger, suspendable
+        self._resolve_class_attribute()
+
+    def _resolve_class_attribute(self) -> None:
+        # The raw entry of the class (or a base) with descriptors not applied; `MISSING` where an instance value is
+        # the original, or where the class has no such attribute (calling the override then raises AttributeError).
+        self._class_attribute = MISSING
+        if self.previous is MISSING:
+            try:
+                self._class_attribute = inspect.getattr_static(type(self.owner), self.name)
+            except AttributeError:
+                pass
+
+    # The class attribute is re-resolved on load, never pickled: a function is pickled by its qualified name, which
+    # a decorated method does not always resolve to.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_class_attribute"}
+
+    def __setstate__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+        self._resolve_class_attribute()
 
     @property
     def original(self) -> Callable[..., Any]:
         if self.previous is not MISSING:
             return self.previous
-        return getattr(type(self.owner), self.name).__get__(self.owner, type(self.owner))
+        attribute = self._class_attribute
+        if attribute is MISSING:  # the class had no such attribute when the override was made
+            return getattr(type(self.owner), self.name).__get__(self.owner, type(self.owner))
+        get = getattr(type(attribute), "__get__", None)
+        return attribute if get is None else get(attribute, self.owner, type(self.owner))
+
+    def _callable_original(self) -> Callable[..., Any]:
+        """What the call hands on: `original`, or under `torch.compile` a partial in place of a bound class function."""
+        attribute = self._class_attribute
+        if self.previous is MISSING and isinstance(attribute, types.FunctionType) and torch.compiler.is_compiling():
+            return functools.partial(attribute, self.owner)
+        return self.original
 
     @property
     def __signature__(self) -> inspect.Signature:
@@ -101,9 +143,10 @@ class MethodOverride:
         return self.original
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        original = self._callable_original()
         if self.suspendable and self.ledger is not None and self.ledger.is_suspended:
-            return self.original(*args, **kwargs)
-        return self.implementation(self.original, *args, **kwargs)
+            return original(*args, **kwargs)
+        return self.implementation(original, *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<vtc override of {type(self.owner).__name__}.{self.name}>"

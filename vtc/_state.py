@@ -25,6 +25,12 @@ __all__ = ["STATE_ATTR", "CallState", "VTCState", "call_arguments", "forward_arg
 STATE_ATTR = "_vtc_state"
 
 
+def _counter() -> torch.Tensor:
+    # A normal tensor even inside `torch.inference_mode()`, so that decode steps outside it can count on it.
+    with torch.inference_mode(False):
+        return torch.zeros((), dtype=torch.long)
+
+
 @dataclass
 class ForwardRecord:
     """What the last prefill (a forward that began with an empty cache) looked like."""
@@ -33,7 +39,10 @@ class ForwardRecord:
     layer_seq_lens: list[int] = field(default_factory=list)
     sequence_length: int = 0
     visual_layout: BatchLayout | None = None
-    decode_steps: int = 0
+    # A 0-d tensor, not an int: compiled code guards on the value of an int attribute it reads, which would
+    # recompile every decode step.
+    decode_steps: torch.Tensor = field(default_factory=_counter)
+    lvtc_structure: Any = None  # LVTC's structure of this prefill (`vtc.lvtc.PrefillStructure`), built with the layout
     # While the prefill runs: the 2-D attention mask it was given and that mask's CPU copy, read when the forward
     # began, so that a compressor can build its structure on the host without waiting for the device mid-forward.
     attention_mask: torch.Tensor | None = None
@@ -89,7 +98,7 @@ class VTCState:
             "layer_seq_lens": list(record.layer_seq_lens),
             "sequence_length": record.sequence_length,
             "visual_layout": record.visual_layout,
-            "decode_steps": record.decode_steps,
+            "decode_steps": int(record.decode_steps),
         }
 
 
@@ -149,6 +158,37 @@ def _visual_layout(adapter: Any, input_ids: torch.Tensor, image_inputs: dict[str
         raise
 
 
+@torch.compiler.disable
+def _record_prefill(state, bound, image_inputs) -> ForwardRecord:
+    """The record of a prefill, and the structures compressors build from it: all host work, done once when the
+    forward begins. `torch.compile` runs it eagerly rather than tracing it: one graph break instead of one for every
+    host read inside."""
+    adapter = state.adapter
+    input_ids = bound.get("input_ids")
+    if input_ids is None and bound.get("inputs_embeds") is not None:
+        input_ids = _placeholder_ids(adapter, bound["inputs_embeds"])
+    record = ForwardRecord()
+    if input_ids is not None:
+        device = input_ids.device
+        # One read of the ids (and the mask) to the host, before the forward queues any device work: the layout
+        # needs the placeholder positions, and nothing later in the forward waits for the device.
+        input_ids = input_ids.cpu()
+        is_image = input_ids == adapter.image_token_id
+        record.visual_tokens = is_image.sum(dim=1).tolist()
+        record.sequence_length = input_ids.shape[1]
+        if bool(is_image.any()) and image_inputs:
+            record.visual_layout = _visual_layout(adapter, input_ids, image_inputs)
+            mask = bound.get("attention_mask")
+            if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+                record.attention_mask, record.host_attention_mask = mask, mask.cpu()
+            else:
+                mask = None
+            builder = getattr(state, "lvtc_prefill_structure", None)
+            if builder is not None:
+                record.lvtc_structure = builder(record, input_ids.shape[1], mask, device)
+    return record
+
+
 class _Instrumentation:
     """The recording wrapper and hooks of one compressed model (bound methods: copyable and picklable)."""
 
@@ -174,26 +214,11 @@ class _Instrumentation:
             call.pending_image_inputs = None
         if not _cache_is_empty(bound.get("past_key_values")):
             if call.last is not None:
-                call.last.decode_steps += 1
+                call.last.decode_steps.add_(1)
             call.recording = None
             call.in_forward = True
             return None
-        input_ids = bound.get("input_ids")
-        if input_ids is None and bound.get("inputs_embeds") is not None:
-            input_ids = _placeholder_ids(adapter, bound["inputs_embeds"])
-        record = ForwardRecord()
-        if input_ids is not None:
-            # One read of the ids (and the mask) to the host, here, before the forward queues any device work: the
-            # layout needs the placeholder positions, and nothing later in the forward waits for the device.
-            input_ids = input_ids.cpu()
-            is_image = input_ids == adapter.image_token_id
-            record.visual_tokens = is_image.sum(dim=1).tolist()
-            record.sequence_length = input_ids.shape[1]
-            if bool(is_image.any()) and image_inputs:
-                record.visual_layout = _visual_layout(adapter, input_ids, image_inputs)
-                mask = bound.get("attention_mask")
-                if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-                    record.attention_mask, record.host_attention_mask = mask, mask.cpu()
+        record = _record_prefill(self.state, bound, image_inputs)
         call.recording = record
         call.in_forward = True  # set last: a pre-hook that raised never reaches the always-called closing hook
         return None
@@ -203,6 +228,7 @@ class _Instrumentation:
         call.in_forward = False
         if call.recording is not None:
             call.recording.attention_mask = call.recording.host_attention_mask = None
+            call.recording.lvtc_structure = None
             call.last, call.recording = call.recording, None
 
 

@@ -78,6 +78,10 @@ class PrefillStructure:
     compact_mask: torch.Tensor | None  # `(b, g)` 2-D mask of the compressed prompt, None when every key is attended
     cells: torch.Tensor | None  # `(b, s)` bool, the pooled positions (only for `restore="add"`)
 
+    @property
+    def device(self) -> torch.device:
+        return self.groups.index.device
+
 
 @dataclass
 class LVTCStep:
@@ -255,25 +259,44 @@ class _Controller:
         return _with_hidden(args, self._swapped(kwargs, step), pooled)
 
     def _structure(self, step: LVTCStep, hidden: torch.Tensor) -> PrefillStructure:
-        """The group index and masks of this batch's structure, from the cache when the structure repeats."""
-        host_mask = step.host_mask
+        """The group index and masks of this batch's structure: the one the instrumentation built when the forward
+        began, if it describes what layer K got (same mask, length and device), else built (or looked up) now."""
+        record = self.state.call.recording
+        structure = None if record is None else record.lvtc_structure
+        if (structure is not None and step.mask2d is record.attention_mask
+                and structure.groups.seq_len == hidden.shape[1] and structure.device == hidden.device):
+            return structure
+        return self._build_structure(step.layout, hidden.shape[1], step.host_mask, step.mask2d, hidden.device)
+
+    def prefill_structure(self, record: Any, seq_len: int, mask: torch.Tensor | None,
+                          device: torch.device) -> PrefillStructure | None:
+        """The structure of a prefill, built by the instrumentation's host work when the forward begins (`None`
+        where LVTC leaves the layers unchanged)."""
+        if self.config.ratio == 1 and self.config.restore != "add":
+            return None
+        return self._build_structure(record.visual_layout, seq_len, record.host_attention_mask, mask, device)
+
+    # Host work on host tensors: `torch.compile` calls it rather than tracing it (no graph break inside).
+    @torch.compiler.disable
+    def _build_structure(self, layout: BatchLayout, seq_len: int, host_mask: torch.Tensor | None,
+                         mask2d: torch.Tensor | None, device: torch.device) -> PrefillStructure:
+        """The structure of a batch, from the cache when the structure repeats."""
         padding = None if host_mask is None else host_mask == 0
         if padding is not None and not bool(padding.any()):  # a host tensor: no device sync
             padding = None
-        seq_len = hidden.shape[1]
-        key = (tuple(step.layout), seq_len, None if padding is None else padding.numpy().tobytes(),
-               None if step.mask2d is None else step.mask2d.dtype, hidden.device)
+        key = (tuple(layout), seq_len, None if padding is None else padding.numpy().tobytes(),
+               None if mask2d is None else mask2d.dtype, device)
 
         def build() -> PrefillStructure:
             # Normal tensors even inside `torch.inference_mode()`: a cached entry may serve a training forward next.
             with torch.inference_mode(False):
-                groups = group_index(step.layout, seq_len, self.config.ratio, padding=padding, device=hidden.device)
+                groups = group_index(layout, seq_len, self.config.ratio, padding=padding, device=device)
                 # The compressed mask is needed only where a key is masked: padding, or the slots of shorter samples.
                 dense = padding is None and not groups.is_ragged
                 cells = None
                 if self.restore_layer is not None and self.config.restore == "add":
-                    cells = cell_mask(step.layout, seq_len).to(hidden.device, non_blocking=True)
-                return PrefillStructure(groups, None if dense else compact_mask(step.mask2d, groups), cells)
+                    cells = cell_mask(layout, seq_len).to(device, non_blocking=True)
+                return PrefillStructure(groups, None if dense else compact_mask(mask2d, groups), cells)
 
         return self.structures.get(key, build)
 
@@ -401,6 +424,7 @@ def install(model: nn.Module, state: Any) -> None:
         gate = nn.Parameter(torch.zeros((), dtype=reference.dtype, device=reference.device))
         ledger.set_attr(language_model, GATE_NAME, gate)
     controller = _Controller(state, config, k, restore_layer, gate)
+    ledger.set_attr(state, "lvtc_prefill_structure", controller.prefill_structure)
     last = len(layers) if restore_layer is None else restore_layer
 
     # prepend=True: compress and restore before any hook installed earlier (e.g. output capture) sees the layer.

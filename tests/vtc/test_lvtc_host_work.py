@@ -198,10 +198,8 @@ def test_cached_structure_equals_the_uncached_builders(case, ratio, data):
             mask[b, :data.draw(st.integers(0, first_visual))] = 0
     controller = lvtc_module._Controller(state=None, config=vtc.LVTCConfig(ratio=ratio, restore="add"),
                                          compress_layer=0, restore_layer=1, gate=None)
-    hidden = torch.zeros(batch, seq_len, 2)
-    step = lvtc_module.LVTCStep(prefill=True, layout=layout, mask2d=mask, host_mask=mask.clone())
     for _ in range(2):  # a miss, then a hit: both equal the uncached builders
-        structure = controller._structure(step, hidden)
+        structure = controller._build_structure(layout, seq_len, mask.clone(), mask, torch.device("cpu"))
         padding = mask == 0
         expected = group_index(layout, seq_len, ratio, padding=padding if bool(padding.any()) else None)
         for name in ("index", "num_groups", "first", "size", "is_visual", "valid", "rows"):
