@@ -7,7 +7,6 @@ and the ledger live on the model's `VTCState`; what one forward (or one `generat
 
 from __future__ import annotations
 
-import functools
 import inspect
 import threading
 from dataclasses import dataclass, field
@@ -114,9 +113,16 @@ def forward_arguments(module: torch.nn.Module, args: tuple, kwargs: dict) -> dic
     return {**bound.pop("kwargs", {}), **bound}
 
 
-@functools.lru_cache(maxsize=64)
-def _forward_signature(forward) -> inspect.Signature:  # class functions only: caching instances would keep models
-    return inspect.signature(forward)
+# Class functions only (caching bound methods would keep models alive). A plain dict, not `functools.lru_cache`:
+# `torch.compile` traces through an lru_cache's wrapper and warns that it ignores it.
+_FORWARD_SIGNATURES: dict[Any, inspect.Signature] = {}
+
+
+def _forward_signature(forward: Any) -> inspect.Signature:
+    signature = _FORWARD_SIGNATURES.get(forward)
+    if signature is None:
+        signature = _FORWARD_SIGNATURES[forward] = inspect.signature(forward)
+    return signature
 
 
 def _cache_is_empty(cache: Any) -> bool:
