@@ -16,6 +16,11 @@ working:
 What one forward is doing lives in its thread's call state (`LVTCStep`), and what decode steps need from the
 prefill that filled a KV cache travels with that cache (`LVTCPrefill`): nothing per-call is kept on the model, so
 threads sharing one compressed model, and several generations interleaved on it, never see each other's state.
+
+Nothing in the hooks waits for the device. What a prefill's structure determines (the group index, the compressed
+mask, the cell mask: `PrefillStructure`) is built on the host from the ids and mask the instrumentation read when the
+forward began, copied to the device once, and kept in a small cache keyed by that structure (`StructureCache`), so a
+batch that repeats a structure skips the host work.
 """
 
 from __future__ import annotations
@@ -133,7 +138,8 @@ def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple
 
 class _Controller:
     """The hooks of one compressed model. It holds no per-call state: each forward's lives in its thread's
-    `state.call.lvtc`, each KV cache's prefill summary on the cache itself."""
+    `state.call.lvtc`, each KV cache's prefill summary on the cache itself; `structures` memoises what a batch
+    structure determines, keyed by the whole structure."""
 
     def __init__(self, state: Any, config: LVTCConfig, compress_layer: int, restore_layer: int | None,
                  gate: nn.Parameter | None):
