@@ -93,6 +93,7 @@ class Qwen2VLAdapter(Adapter):
             patches=patches, cls=None, items_per_image=[1] * len(patches), extra=extra, image_inputs=dict(image_inputs)
         )
 
+    # Reads the grids on the host: `torch.compile` runs it eagerly (one graph break rather than one per read).
     @torch.compiler.disable
     def _check_image_inputs(self, pixel_values: Any, grid_thw: Any) -> list[tuple[int, int]]:
         """Each image's patch grid `(h, w)`, once the inputs are known to be shaped as the processor makes them:
@@ -189,7 +190,10 @@ class Qwen2VLAdapter(Adapter):
         ledger.replace_method(self.base_model, "get_rope_index", self.pvtc_rope_index)
 
     @torch.compiler.disable
-    def _checked_pooled_grid_thw(self, grid_thw, input_ids):
+    def _checked_pooled_grid_thw(self, grid_thw: torch.Tensor, input_ids: torch.Tensor | None) -> torch.Tensor:
+        """The grids under PVTC, once the prompt's placeholders are known to match them. `generate` builds positions
+        before the first forward: this is the first place a prompt processed without the patched processor shows,
+        and the index would fail with an opaque shape error. Host reads: run eagerly under `torch.compile`."""
         grid_thw = self._grid_thw_under_pvtc(grid_thw)
         if input_ids is not None:
             placeholders = int((input_ids == self.image_token_id).sum())
