@@ -1,6 +1,8 @@
 """Shared test settings."""
 
+import importlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,3 +41,11 @@ def refuse_calls(monkeypatch):
         return attempts
 
     return install
+
+
+@pytest.fixture
+def import_benchmark(monkeypatch):
+    """`import_benchmark(name)` imports the script `benchmarks/<name>.py` as a module (the scripts import their
+    neighbours, so the folder goes on `sys.path` for the test)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    return importlib.import_module

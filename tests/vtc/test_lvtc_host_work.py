@@ -202,7 +202,7 @@ def test_cached_structure_equals_the_uncached_builders(case, ratio, data):
         structure = controller._build_structure(layout, seq_len, mask.clone(), mask, torch.device("cpu"))
         padding = mask == 0
         expected = group_index(layout, seq_len, ratio, padding=padding if bool(padding.any()) else None)
-        for name in ("index", "num_groups", "first", "size", "is_visual", "valid", "rows"):
+        for name in ("index", "num_groups", "first", "size", "is_visual", "valid", "rows", "divisor", "fill_rows"):
             assert torch.equal(getattr(structure.groups, name), getattr(expected, name)), name
         assert structure.groups.lengths == expected.lengths
         expected_mask = compact_mask(mask, expected)

@@ -38,6 +38,9 @@ class GroupIndex:
         valid: `(b, g)` bool, False for padding slots.
         lengths: `num_groups` as host integers, so that shape decisions never read a device tensor (a host sync).
         rows: `(b * s,)` long, the row of every position in the `(b * g)` flattened compressed batch.
+        divisor: `(b * g, 1)` float32, `size` with padding slots counted as 1: what a segment sum is divided by.
+        fill_rows: `(b * g,)` long, for every slot of the flattened compressed batch the row it copies a per-group
+            value from: itself, or for a padding slot its sample's last real group.
     """
 
     index: torch.Tensor
@@ -48,6 +51,8 @@ class GroupIndex:
     valid: torch.Tensor
     lengths: tuple[int, ...]
     rows: torch.Tensor
+    divisor: torch.Tensor
+    fill_rows: torch.Tensor
 
     @property
     def max_groups(self) -> int:
@@ -221,16 +226,20 @@ def group_index(layout: BatchLayout, seq_len: int, ratio: int, *, padding: torch
     is_visual = torch.stack([torch.cat([v, v.new_zeros(g - len(v))]) for v in is_visual])
     valid = torch.arange(g)[None, :] < num_groups[:, None]
     index = torch.stack(index).reshape(batch, seq_len)
-    rows = (index + torch.arange(batch)[:, None] * g).flatten()
+    offsets = torch.arange(batch)[:, None] * g
+    rows = (index + offsets).flatten()
+    # Derived here, once per structure, rather than by a few device ops in every forward that pools.
+    divisor = size.clamp(min=1).reshape(-1, 1).float()
+    fill_rows = (torch.minimum(torch.arange(g)[None, :], (num_groups - 1).clamp(min=0)[:, None]) + offsets).flatten()
     # Built on the host, sent to the device as one copy that does not wait for the device's queued work.
-    parts = [index, num_groups, first, size, is_visual, valid, rows]
+    parts = [index, num_groups, first, size, is_visual, valid, rows, divisor, fill_rows]
     packed = torch.cat([part.flatten().long() for part in parts]).to(device, non_blocking=True)
-    index, num_groups, first, size, is_visual, valid, rows = (
+    index, num_groups, first, size, is_visual, valid, rows, divisor, fill_rows = (
         chunk.view(part.shape).to(part.dtype)
         for chunk, part in zip(packed.split([part.numel() for part in parts]), parts, strict=True)
     )
     return GroupIndex(index=index, num_groups=num_groups, first=first, size=size, is_visual=is_visual, valid=valid,
-                      lengths=lengths, rows=rows)
+                      lengths=lengths, rows=rows, divisor=divisor, fill_rows=fill_rows)
 
 
 def cell_mask(layout: BatchLayout, seq_len: int, *, device: torch.device | str | None = None) -> torch.Tensor:

@@ -50,8 +50,8 @@ def pool(x: torch.Tensor, gi: GroupIndex) -> torch.Tensor:
     # A segment sum over the flattened batch: one row copy per position (index_add), which runs far faster on a CPU
     # than an element-wise scatter, then a division by the group sizes (padding slots: 0 / 1).
     summed = acc.new_zeros(b * gi.max_groups, acc.shape[-1]).index_add(0, gi.rows.to(x.device), acc)
-    sizes = gi.size.to(device=x.device, dtype=acc.dtype).clamp(min=1).reshape(-1, 1)
-    return summed.div_(sizes).to(x.dtype).reshape(b, gi.max_groups, *x.shape[2:])
+    return summed.div_(gi.divisor.to(device=x.device, dtype=acc.dtype)).to(x.dtype).reshape(
+        b, gi.max_groups, *x.shape[2:])
 
 
 def unpool(x_c: torch.Tensor, gi: GroupIndex) -> torch.Tensor:

@@ -54,20 +54,20 @@ def compact_positions(position_ids: torch.Tensor, gi: GroupIndex, mode: str = "m
     pos = _expand_batch(position_ids, position_ids.dim() - 2, gi, "position_ids")
     if squeeze:
         pos = pos[None]  # (1, b, s): one code path for 1-D and M-RoPE positions
-    a, b, _ = pos.shape
-    first = gi.first.to(pos.device)[None].expand(a, -1, -1)
+    a, b, s = pos.shape
     if mode == "first":
-        out = pos.gather(2, first)  # padding slots already point at the last real group's first member
+        out = pos.gather(2, gi.first.to(pos.device)[None].expand(a, -1, -1))
     elif gi.is_identity:
-        out = pos.float()  # each position is its own group; skip the scatter
+        out = pos.float()  # each position is its own group; skip the segment mean
     else:
-        index = gi.index.to(pos.device)[None].expand(a, -1, -1)
-        out = pos.new_zeros(a, b, gi.max_groups, dtype=torch.float32)
-        out = out.scatter_reduce(2, index, pos.float(), "mean", include_self=False)
-        # Padding slots would hold 0 (nothing scatters into them): point them at the last valid slot instead.
-        last = (gi.num_groups.to(pos.device) - 1).clamp(min=0)[:, None]
-        slot = torch.minimum(torch.arange(gi.max_groups, device=pos.device)[None], last)
-        out = out.gather(2, slot[None].expand(a, -1, -1))
+        # The segment mean of `pool`, with the axes as features: rows (b * s, a) summed into (b * g, a). Positions are
+        # integers below 2**24, so the float32 sums are exact and the mean is the same in any summation order.
+        rows = pos.permute(1, 2, 0).reshape(b * s, a).float()
+        summed = rows.new_zeros(b * gi.max_groups, a).index_add(0, gi.rows.to(pos.device), rows)
+        means = summed.div_(gi.divisor.to(pos.device))
+        if gi.is_ragged:  # padding slots (0 / 1) copy their sample's last real group instead
+            means = means.index_select(0, gi.fill_rows.to(pos.device))
+        out = means.reshape(b, gi.max_groups, a).permute(2, 0, 1)
     return out[0] if squeeze else out
 
 

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark of the project in one run, within a time limit; each step's output goes to its own
+# file under OUT_DIR as it runs, so a run cut short still leaves what finished: steps.txt (the machine and the steps),
+# one log per step, and each real-size run's tables in a folder of their own (8 files for PART `real`).
+#
+#     bash benchmarks/gpu_suite.sh OUT_DIR [SECONDS] [PART]     # SECONDS: the whole run's limit (default 540)
+#
+# PART `real` (the default): the `gpu`-marked tests, then the 7B-shaped real-size benchmark, one process per model so
+# that each gets its own time budget (prefill, flash, and decode with interleaved rounds).
+# PART `extra`: LVTC's host work, LVTC against its oracle at 0.5B, the anatomy of a 7B decode step, then
+# torch.compile on a small LLaVA-shaped model.
+set -u
+out=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [SECONDS]}
+limit=${2:-540}
+part=${3:-real}
+mkdir -p "$out"
+start=$(date +%s)
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+
+left() { echo $((limit - ($(date +%s) - start))); }
+
+# step NAME CAP_SECONDS COMMAND...: run COMMAND for at most min(CAP, what is left - RESERVE) seconds
+step() {
+  local name=$1 cap=$2 reserve=${RESERVE:-0}
+  shift 2
+  local budget=$(($(left) - reserve))
+  ((budget > cap)) && budget=$cap
+  if ((budget < 20)); then
+    echo "[$name] skipped: $(left) s left" | tee -a "$out/steps.txt"
+    return
+  fi
+  echo "[$name] up to $budget s: $*" | tee -a "$out/steps.txt"
+  local t0=$(date +%s)
+  timeout --signal=INT --kill-after=10 "$budget" "$@" >"$out/$name.txt" 2>&1
+  echo "[$name] exit $? after $(($(date +%s) - t0)) s" | tee -a "$out/steps.txt"
+  tail -n 40 "$out/$name.txt"
+}
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python -c "import sys, torch, transformers; print(sys.version.split()[0], torch.__version__, torch.version.cuda, \
+transformers.__version__)"
+} 2>&1 | tee "$out/steps.txt"
+
+# With vtc installed from a wheel, the source tree's vtc/ (which lacks vtc.adapters) must not shadow it: -P keeps the
+# working directory off sys.path. An editable install needs the working directory, and works either way.
+pytest=(python -m pytest)
+python -c "import vtc.adapters" 2>/dev/null || pytest=(python -P -m pytest)
+
+if [[ $part == real ]]; then
+  RESERVE=440 step gpu_tests 100 "${pytest[@]}" -q -p no:cacheprovider --continue-on-collection-errors -m gpu tests
+  for family in llava qwen2_vl; do  # half of what is left to the first model, the rest to the second
+    [[ $family == llava ]] && share=$(($(left) / 2))
+    [[ $family == qwen2_vl ]] && share=$(left)
+    step "real_size_$family" "$share" python benchmarks/real_size.py --device cuda --families "$family" \
+      --out "$out/real_size_$family" --decode-repeats 2 --budget-s $((share - 40))
+  done
+else
+  RESERVE=200 step lvtc_host_work 60 python benchmarks/lvtc_host_work.py --device cuda --dtype bfloat16 --batch 16 \
+    --repeats 3
+  RESERVE=150 step lvtc_speed 60 python benchmarks/lvtc_speed.py --device cuda --dtype bfloat16 --batch 16 --repeats 10
+  RESERVE=150 step decode_anatomy 150 python benchmarks/decode_anatomy.py --device cuda --batch 32
+  step compile_speed 300 python benchmarks/compile_speed.py --device cuda --dtype bfloat16 --batch 8 --repeats 5 \
+    --vision-layers 1 --text-layers 4
+fi
+echo "done in $(($(date +%s) - start)) s" | tee -a "$out/steps.txt"
