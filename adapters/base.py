@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import transformers
 from packaging.version import Version
@@ -278,7 +279,9 @@ class Adapter:
         Raises:
             PlaceholderMismatchError: the placeholders do not match what the images produce.
         """
-        is_image = (input_ids == self.image_token_id).cpu()
+        # numpy on the host copy: a prefill lays out every row, and per-row torch calls and Python lists of every
+        # placeholder position cost more host time than the rest of the layout
+        is_image = (input_ids == self.image_token_id).cpu().numpy()
         total = int(is_image.sum())
         templates = self.image_templates(image_inputs, total) if total else []
         expected = sum(sum(s.length for s in t) for t in templates)
@@ -286,12 +289,12 @@ class Adapter:
         layout: BatchLayout = []
         next_image = 0
         for row in is_image:
-            positions = torch.nonzero(row).flatten().tolist()
+            positions = np.flatnonzero(row)
             spans: list[VisualSpan] = []
             cursor = 0
             while cursor < len(positions):
                 template = templates[next_image]
-                start, length = positions[cursor], _template_length(template)
+                start, length = int(positions[cursor]), _template_length(template)
                 if cursor + length > len(positions) or positions[cursor + length - 1] != start + length - 1:
                     raise PlaceholderMismatchError(
                         f"image {next_image} needs {length} consecutive placeholders starting at position {start}, "
