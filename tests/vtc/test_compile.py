@@ -209,6 +209,18 @@ def test_compiled_component_matches_eager_without_more_graphs_or_recompiles(fami
     _check_compile_friendly(run, _unpatched(family))
 
 
+@pytest.mark.xfail(raises=MoreGraphBreaks, strict=True, reason=(
+    "known gap: Qwen2-VL's PVTC feature path reads the image grids on the host (`_check_image_inputs`, run eagerly) "
+    "and calls the tower with output capture (a ContextVar dynamo cannot trace): one graph more than the unpatched "
+    "model; outputs and decode steps are right"))
+def test_qwen_pvtc_compiles_with_one_graph_more_than_the_unpatched_model():
+    run = Run("qwen2_vl", CONFIGS["pvtc"])
+    run.check_outputs()
+    assert run.late_step_compiles() == 0, run.frames
+    assert run.graphs <= _unpatched("qwen2_vl").graphs + 1, (run.graphs, run.break_reasons)
+    _check_compile_friendly(run, _unpatched("qwen2_vl"))
+
+
 def test_inductor_prefill_matches_eager():
     """The default backend (inductor, generated C++ on a CPU) on PVTC + LVTC: the compressed prefill's logits."""
     model, inputs = _setup("llava", CONFIGS["pvtc+lvtc"])
