@@ -24,10 +24,11 @@ __all__ = ["STATE_ATTR", "CallState", "VTCState", "call_arguments", "forward_arg
 STATE_ATTR = "_vtc_state"
 
 
-def _counter() -> torch.Tensor:
-    # A normal tensor even inside `torch.inference_mode()`, so that decode steps outside it can count on it.
+def _counter(device: torch.device | str | None = None) -> torch.Tensor:
+    # A normal tensor even inside `torch.inference_mode()`, so that decode steps outside it can count on it. On the
+    # model's device: a compiled decode step counts inside its own graph, with no host-side (CPU) kernel in it.
     with torch.inference_mode(False):
-        return torch.zeros((), dtype=torch.long)
+        return torch.zeros((), dtype=torch.long, device=device)
 
 
 @dataclass
@@ -173,9 +174,9 @@ def _record_prefill(state, bound, image_inputs) -> ForwardRecord:
     input_ids = bound.get("input_ids")
     if input_ids is None and bound.get("inputs_embeds") is not None:
         input_ids = _placeholder_ids(adapter, bound["inputs_embeds"])
-    record = ForwardRecord()
+    device = next((t.device for t in (input_ids, bound.get("inputs_embeds")) if isinstance(t, torch.Tensor)), None)
+    record = ForwardRecord(decode_steps=_counter(device))
     if input_ids is not None:
-        device = input_ids.device
         # One read of the ids (and the mask) to the host, before the forward queues any device work: the layout
         # needs the placeholder positions, and nothing later in the forward waits for the device.
         input_ids = input_ids.cpu()

@@ -29,6 +29,7 @@ from ops.strategies import RATIOS, batch_layouts
 
 import vtc
 from vtc import lvtc as lvtc_module
+from vtc._state import STATE_ATTR
 from vtc.adapters._tiny import build_tiny_model, build_tiny_processor, tiny_batch
 from vtc.ops import cell_mask, compact_mask, group_index
 from vtc.registry import get_adapter
@@ -240,3 +241,5 @@ def test_lvtc_hooks_never_synchronise_with_the_gpu(monkeypatch):
             for _ in range(2):  # a structure-cache miss, then a hit; each a prefill and cached decode steps
                 model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
         assert vtc.last_stats(model)["decode_steps"] == 2
+        # counted on the device, so that a compiled CUDA decode step holds no CPU kernel
+        assert getattr(model, STATE_ATTR).call.last.decode_steps.device.type == "cuda"
