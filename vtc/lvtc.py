@@ -62,6 +62,10 @@ _STATIC_CACHE_HINT = ("LVTC keeps shorter KV caches in the compressed layers, wh
                       "of `generate`); do not pass a static cache or `cache_implementation=\"static\"`.")
 
 
+#: The largest materialised prefill mask (`batch * g * g` elements) a cached structure keeps: 16 Mi elements,
+#: 16 MiB as booleans (SDPA) or 32 MiB in half precision (eager); beyond it the mask is built in each prefill.
+_MAX_CACHED_MASK_ELEMENTS = 2**24
+
 #: Where a compressed prefill leaves its `LVTCPrefill` on the KV cache it filled.
 PREFILL_ATTR = "_vtc_lvtc_prefill"
 
@@ -82,6 +86,10 @@ class PrefillStructure:
     groups: GroupIndex
     compact_mask: torch.Tensor | None  # `(b, g)` 2-D mask of the compressed prompt, None when every key is attended
     cells: torch.Tensor | None  # `(b, s)` bool, the pooled positions (only for `restore="add"`)
+    # What layers K..L-1 receive as `attention_mask` in the prefill (the model's mask function on `compact_mask`, for
+    # hidden states of `layer_mask_dtype`); `layer_mask_dtype` is None where it was not built (too large to keep).
+    layer_mask: Any = None
+    layer_mask_dtype: torch.dtype | None = None
 
     @property
     def device(self) -> torch.device:
@@ -258,7 +266,10 @@ class _Controller:
         step.groups = groups
         step.residual = self._residual(hidden, pooled, step, structure)
         step.mask2d = structure.compact_mask
-        step.attention_mask = self._mask(pooled, step.mask2d, cache)
+        if structure.layer_mask_dtype == pooled.dtype:  # built with the structure: a repeat builds nothing
+            step.attention_mask = structure.layer_mask
+        else:
+            step.attention_mask = self._mask(pooled, step.mask2d, cache)
         step.position_embeddings = self._rotary(pooled, groups, kwargs["position_embeddings"], step)
         if cache is not None:  # the decode steps that extend this cache continue from here
             setattr(cache, PREFILL_ATTR, LVTCPrefill(groups.seq_len, groups.max_groups, step.mask2d))
@@ -272,7 +283,8 @@ class _Controller:
         if (structure is not None and step.mask2d is record.attention_mask
                 and structure.groups.seq_len == hidden.shape[1] and structure.device == hidden.device):
             return structure
-        return self._build_structure(step.layout, hidden.shape[1], step.host_mask, step.mask2d, hidden.device)
+        return self._build_structure(step.layout, hidden.shape[1], step.host_mask, step.mask2d, hidden.device,
+                                     hidden.dtype)
 
     def prefill_structure(self, record: Any, seq_len: int, mask: torch.Tensor | None,
                           device: torch.device) -> PrefillStructure | None:
@@ -280,18 +292,21 @@ class _Controller:
         where LVTC leaves the layers unchanged)."""
         if self.config.ratio == 1 and self.config.restore != "add":
             return None
-        return self._build_structure(record.visual_layout, seq_len, record.host_attention_mask, mask, device)
+        # The decoder's hidden states have its embedding's dtype (autocast aside: a mismatch is rebuilt at layer K).
+        dtype = self.state.adapter.language_model.get_input_embeddings().weight.dtype
+        return self._build_structure(record.visual_layout, seq_len, record.host_attention_mask, mask, device, dtype)
 
     # Host work on host tensors: `torch.compile` calls it rather than tracing it (no graph break inside).
     @torch.compiler.disable
     def _build_structure(self, layout: BatchLayout, seq_len: int, host_mask: torch.Tensor | None,
-                         mask2d: torch.Tensor | None, device: torch.device) -> PrefillStructure:
+                         mask2d: torch.Tensor | None, device: torch.device,
+                         dtype: torch.dtype) -> PrefillStructure:
         """The structure of a batch, from the cache when the structure repeats."""
         padding = None if host_mask is None else host_mask == 0
         if padding is not None and not bool(padding.any()):  # a host tensor: no device sync
             padding = None
         key = (tuple(layout), seq_len, None if padding is None else padding.numpy().tobytes(),
-               None if mask2d is None else mask2d.dtype, device)
+               None if mask2d is None else mask2d.dtype, device, dtype)
 
         def build() -> PrefillStructure:
             # Normal tensors even inside `torch.inference_mode()`: a cached entry may serve a training forward next.
@@ -299,12 +314,25 @@ class _Controller:
                 groups = group_index(layout, seq_len, self.config.ratio, padding=padding, device=device)
                 # The compressed mask is needed only where a key is masked: padding, or the slots of shorter samples.
                 dense = padding is None and not groups.is_ragged
+                compact = None if dense else compact_mask(mask2d, groups)
                 cells = None
                 if self.restore_layer is not None and self.config.restore == "add":
                     cells = cell_mask(layout, seq_len).to(device, non_blocking=True)
-                return PrefillStructure(groups, None if dense else compact_mask(mask2d, groups), cells)
+                layer_mask, layer_mask_dtype = self._prefill_layer_mask(groups, compact, device, dtype)
+                return PrefillStructure(groups, compact, cells, layer_mask, layer_mask_dtype)
 
         return self.structures.get(key, build)
+
+    def _prefill_layer_mask(self, groups: GroupIndex, compact: torch.Tensor | None, device: torch.device,
+                            dtype: torch.dtype) -> tuple[Any, torch.dtype | None]:
+        """The mask layers K..L-1 get in a prefill, and the hidden dtype it is for; `(None, None)` (build it at
+        layer K) where a materialised mask would hold more than `_MAX_CACHED_MASK_ELEMENTS`. The prefill's cache
+        is empty at layer K, so the mask depends on the structure alone."""
+        b, g = groups.batch_size, groups.max_groups
+        if b * g * g > _MAX_CACHED_MASK_ELEMENTS:
+            return None, None
+        shape_only = torch.empty((b, g, 0), dtype=dtype, device=device)  # the mask function reads shape and dtype
+        return self._mask(shape_only, compact, None), dtype
 
     def _residual(self, hidden: torch.Tensor, pooled: torch.Tensor, step: LVTCStep,
                   structure: PrefillStructure) -> torch.Tensor | None:

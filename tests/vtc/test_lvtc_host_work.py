@@ -17,15 +17,18 @@ under `torch.inference_mode()`.
 from __future__ import annotations
 
 import copy
+import functools
 import pickle
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ops.strategies import RATIOS, batch_layouts
+from transformers import DynamicCache
 
 import vtc
 from vtc import lvtc as lvtc_module
@@ -197,10 +200,13 @@ def test_cached_structure_equals_the_uncached_builders(case, ratio, data):
         for b in range(batch):  # left padding outside the visual spans
             first_visual = min((span.start for span in layout[b]), default=seq_len)
             mask[b, :data.draw(st.integers(0, first_visual))] = 0
-    controller = lvtc_module._Controller(state=None, config=vtc.LVTCConfig(ratio=ratio, restore="add"),
+    attn = data.draw(st.sampled_from(["sdpa", "eager"]))
+    controller = lvtc_module._Controller(state=_text_config_state(attn),
+                                         config=vtc.LVTCConfig(ratio=ratio, restore="add"),
                                          compress_layer=0, restore_layer=1, gate=None)
     for _ in range(2):  # a miss, then a hit: both equal the uncached builders
-        structure = controller._build_structure(layout, seq_len, mask.clone(), mask, torch.device("cpu"))
+        structure = controller._build_structure(layout, seq_len, mask.clone(), mask, torch.device("cpu"),
+                                                torch.float32)
         padding = mask == 0
         expected = group_index(layout, seq_len, ratio, padding=padding if bool(padding.any()) else None)
         for name in ("index", "num_groups", "first", "size", "is_visual", "valid", "rows", "divisor", "fill_rows"):
@@ -212,7 +218,17 @@ def test_cached_structure_equals_the_uncached_builders(case, ratio, data):
         else:
             assert torch.equal(structure.compact_mask, expected_mask)
         assert torch.equal(structure.cells, cell_mask(layout, seq_len))
+        # the compressed layers' prefill mask: what layer K would build with the (empty) KV cache of a prefill
+        built = controller._mask(torch.empty(batch, expected.max_groups, 0), structure.compact_mask, DynamicCache())
+        assert structure.layer_mask_dtype == torch.float32
+        assert (structure.layer_mask is None and built is None) or torch.equal(structure.layer_mask, built)
     assert (controller.structures.misses, controller.structures.hits) == (1, 1)
+
+
+@functools.cache
+def _text_config_state(attn: str) -> SimpleNamespace:
+    """Just what `_Controller._mask` reads: the text config, with its attention implementation."""
+    return SimpleNamespace(adapter=SimpleNamespace(text_config=build_tiny_model("llava", attn).config.text_config))
 
 
 @pytest.mark.gpu
