@@ -31,3 +31,17 @@ def test_readme_main_command_installs_and_runs_ablate():
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "vtc.cli", "info"], capture_output=True, text=True, check=True)
     assert "supported model types" in out.stdout
+
+
+def test_gpu_suite_skips_what_its_time_limit_leaves_no_room_for(tmp_path):
+    """`benchmarks/gpu_suite.sh` within a 15-second limit: every step is listed as skipped, none starts, and the
+    log says when the run ended (a step needs at least 20 s)."""
+    for part, steps in (("real", ["gpu_tests", "real_size_llava", "real_size_qwen2_vl"]),
+                        ("extra", ["lvtc_host_work", "lvtc_speed", "decode_anatomy", "decode_speed", "compile_speed"])):
+        out = tmp_path / part
+        subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), str(out), "15", part], check=True,
+                       capture_output=True, timeout=120)
+        log = (out / "steps.txt").read_text()
+        assert [line.split("]")[0][1:] for line in log.splitlines() if line.startswith("[")] == steps
+        assert all(f"[{step}] skipped" in log for step in steps) and "done in" in log
+        assert sorted(p.name for p in out.iterdir()) == ["steps.txt"]  # no step ran, so no step log
