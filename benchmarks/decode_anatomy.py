@@ -2,9 +2,10 @@
 
 `real_size.py`'s Qwen2-VL-7B-shaped model (or `--family llava`), random weights, one prompt repeated `--batch` times.
 Rows: the model without vtc, PVTC r4, RVTC (the same number of visual tokens as PVTC r4, through the processor) and
-LVTC r4. For each: a greedy `generate` of `--new-tokens` tokens timed per step (median decode step ms, each step
-synchronised), then `--profile-steps` decode steps under `torch.profiler`: the kernels with the most device time and
-the count of CUDA allocator and synchronisation calls per step. A configuration whose decode steps are slower than
+LVTC r4. First every row's decode step is timed: greedy `generate` of `--new-tokens` tokens, each step synchronised,
+in `--rounds` interleaved rounds after a warm-up round (median ms per step). Then, once all timing is done, each row
+runs `--profile-steps` decode steps under `torch.profiler`: the kernels with the most device time (and the total),
+and the CUDA allocator, launch and synchronisation calls per step. A configuration whose decode steps are slower than
 its KV length explains shows here what it spends the difference on.
 
     python benchmarks/decode_anatomy.py --device cuda --batch 32
@@ -64,6 +65,7 @@ def main(argv=None) -> list[tuple[str, int, float]]:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--profile-steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2, help="timed interleaved rounds after a warm-up round")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -76,23 +78,29 @@ def main(argv=None) -> list[tuple[str, int, float]]:
     one = {row.inputs_key: family.inputs_one(model, None if row.inputs_key == "native" else row.config)
            for row in rows}
     print(f"{family.sizes.title}, batch {args.batch}, {dtype}, {args.new_tokens} new tokens; torch {torch.__version__}")
-    summary = []
+    batches = {key: real_size.expand(value, args.batch, device, dtype) for key, value in one.items()}
+    step_times: dict[str, list[float]] = {row.name: [] for row in rows}
     with torch.inference_mode():
-        for row in rows:
+        # Timed first, in interleaved rounds, before any profiler runs: a profiler session can leave the CUDA
+        # runtime slower to launch kernels afterwards, which would charge the rows profiled later.
+        for round_ in range(args.rounds + 1):  # round 0: the warm-up
+            for row in rows[round_ % len(rows):] + rows[:round_ % len(rows)]:
+                family.apply(model, row.config)
+                ms = step_ms(model, batches[row.inputs_key], args.new_tokens, device)
+                if round_:
+                    step_times[row.name].append(ms)
+        summary = [(row.name, batches[row.inputs_key]["input_ids"].shape[1], statistics.median(step_times[row.name]))
+                   for row in rows]
+        for row, (name, prompt, ms) in zip(rows, summary):
             family.apply(model, row.config)
-            inputs = real_size.expand(one[row.inputs_key], args.batch, device, dtype)
-            timed_generate(model, inputs, 3, device)  # warm-up
-            ms = statistics.median(step_ms(model, inputs, args.new_tokens, device) for _ in range(2))
-            times, _, calls = profiled(model, inputs, args.profile_steps, device)
-            prompt = inputs["input_ids"].shape[1]
-            summary.append((row.name, prompt, ms))
-            print(f"\n## {row.name}: prompt {prompt} tokens, decode step {ms:.2f} ms")
-            print("calls per step: " + ", ".join(f"{name} {n:.1f}" for name, n in sorted(calls.items())))
-            for name, kernel_ms in times.most_common(8):
-                print(f"  {kernel_ms:8.3f} ms  {name[:110]}")
-            del inputs
+            times, _, calls = profiled(model, batches[row.inputs_key], args.profile_steps, device)
+            print(f"\n## {name}: prompt {prompt} tokens, decode step {ms:.2f} ms")
+            print("calls per step: " + ", ".join(f"{call} {n:.1f}" for call, n in sorted(calls.items())))
+            for kernel, kernel_ms in times.most_common(8):
+                print(f"  {kernel_ms:8.3f} ms  {kernel[:110]}")
+            print(f"  {sum(times.values()):8.3f} ms  in all")
     family.apply(model, None)
-    print("\n| config | prompt | decode step ms |\n|---|---|---|")
+    print("\n| config | prompt | decode step ms (median of rounds) |\n|---|---|---|")
     for name, prompt, ms in summary:
         print(f"| {name} | {prompt} | {ms:.2f} |")
     return summary
