@@ -292,15 +292,17 @@ class _Controller:
         where LVTC leaves the layers unchanged)."""
         if self.config.ratio == 1 and self.config.restore != "add":
             return None
-        # The decoder's hidden states have its embedding's dtype (autocast aside: a mismatch is rebuilt at layer K).
-        dtype = self.state.adapter.language_model.get_input_embeddings().weight.dtype
+        # The decoder's hidden states have its embedding's dtype (autocast aside: a mismatch is rebuilt at layer K);
+        # an embedding without a `weight` leaves the mask to layer K.
+        embeddings = self.state.adapter.language_model.get_input_embeddings()
+        dtype = getattr(getattr(embeddings, "weight", None), "dtype", None)
         return self._build_structure(record.visual_layout, seq_len, record.host_attention_mask, mask, device, dtype)
 
     # Host work on host tensors: `torch.compile` calls it rather than tracing it (no graph break inside).
     @torch.compiler.disable
     def _build_structure(self, layout: BatchLayout, seq_len: int, host_mask: torch.Tensor | None,
                          mask2d: torch.Tensor | None, device: torch.device,
-                         dtype: torch.dtype) -> PrefillStructure:
+                         dtype: torch.dtype | None) -> PrefillStructure:
         """The structure of a batch, from the cache when the structure repeats."""
         padding = None if host_mask is None else host_mask == 0
         if padding is not None and not bool(padding.any()):  # a host tensor: no device sync
@@ -324,12 +326,12 @@ class _Controller:
         return self.structures.get(key, build)
 
     def _prefill_layer_mask(self, groups: GroupIndex, compact: torch.Tensor | None, device: torch.device,
-                            dtype: torch.dtype) -> tuple[Any, torch.dtype | None]:
+                            dtype: torch.dtype | None) -> tuple[Any, torch.dtype | None]:
         """The mask layers K..L-1 get in a prefill, and the hidden dtype it is for; `(None, None)` (build it at
-        layer K) where a materialised mask would hold more than `_MAX_CACHED_MASK_ELEMENTS`. The prefill's cache
-        is empty at layer K, so the mask depends on the structure alone."""
+        layer K) where the dtype is unknown or a materialised mask would hold more than `_MAX_CACHED_MASK_ELEMENTS`.
+        The prefill's cache is empty at layer K, so the mask depends on the structure alone."""
         b, g = groups.batch_size, groups.max_groups
-        if b * g * g > _MAX_CACHED_MASK_ELEMENTS:
+        if dtype is None or b * g * g > _MAX_CACHED_MASK_ELEMENTS:
             return None, None
         shape_only = torch.empty((b, g, 0), dtype=dtype, device=device)  # the mask function reads shape and dtype
         return self._mask(shape_only, compact, None), dtype

@@ -156,6 +156,31 @@ def test_a_repeated_structure_is_a_cache_hit_and_a_new_one_a_miss(tiny, refuse_c
     assert (cache.misses, cache.hits) == (2, 2) and attempts == []
 
 
+def test_the_cached_layer_mask_is_used_only_for_its_own_dtype(tiny, monkeypatch):
+    """Layer K uses the prefill mask built with the structure when the hidden states have the dtype it was built
+    for (a wrong cached mask then shows in the logits), and builds its own otherwise (the logits stay right)."""
+    family, model, processor = tiny
+    inputs = tiny_batch(family, processor, batch=3)  # left-padded: the compressed layers need a materialised mask
+    vtc.compress(model, lvtc_config(4), processor=processor)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    vtc.unpatch(model)
+
+    def wrong_mask(dtype):
+        def build(self, groups, compact, device, _dtype):
+            b, g = groups.batch_size, groups.max_groups
+            return torch.zeros((b, 1, g, g), dtype=torch.bool, device=device), dtype  # masks every key
+        return build
+
+    for dtype, used in ((torch.float32, True), (torch.float16, False)):
+        monkeypatch.setattr(lvtc_module._Controller, "_prefill_layer_mask", wrong_mask(dtype))
+        vtc.compress(model, lvtc_config(4), processor=processor)  # a fresh structure cache
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        vtc.unpatch(model)
+        assert torch.equal(logits, expected) != used, (dtype, used)
+
+
 def test_copies_and_pickles_start_with_an_empty_cache(tiny):
     family, model, processor = tiny
     vtc.compress(model, lvtc_config(4), processor=processor)

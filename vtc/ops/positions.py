@@ -60,8 +60,9 @@ def compact_positions(position_ids: torch.Tensor, gi: GroupIndex, mode: str = "m
     elif gi.is_identity:
         out = pos.float()  # each position is its own group; skip the segment mean
     else:
-        # The segment mean of `pool`, with the axes as features: rows (b * s, a) summed into (b * g, a). Positions are
-        # integers below 2**24, so the float32 sums are exact and the mean is the same in any summation order.
+        # The segment mean of `pool`, with the axes as features: rows (b * s, a) summed into (b * g, a). Integer
+        # positions sum exactly in float32 while a group's sum stays below 2**24 (64 members below position 262,144),
+        # so the mean does not depend on the summation order there.
         rows = pos.permute(1, 2, 0).reshape(b * s, a).float()
         summed = rows.new_zeros(b * gi.max_groups, a).index_add(0, gi.rows.to(pos.device), rows)
         means = summed.div_(gi.divisor.to(pos.device))
