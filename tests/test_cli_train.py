@@ -187,6 +187,26 @@ def test_only_the_main_process_prints_the_table(pvtc_json, one_batch, tmp_path, 
     assert "load_trained" not in capsys.readouterr().out
 
 
+def test_train_destroys_the_process_group_it_ran_in_even_when_training_fails(pvtc_json, one_batch, tmp_path,
+                                                                             monkeypatch):
+    """Left to the interpreter's shutdown, Gloo's worker threads can abort a process whose run succeeded."""
+    import torch.distributed as dist
+
+    import vtc.training.run
+
+    def failing_run(*args, **kwargs):
+        dist.init_process_group("gloo", init_method=(tmp_path / "store").as_uri(), rank=0, world_size=1)
+        raise RuntimeError("training failed")
+
+    monkeypatch.setattr(vtc.training.run, "train_run", failing_run)
+    try:
+        assert train("reference:llava", [one_batch], tmp_path / "run", "--config", pvtc_json, steps=1) == 1
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_the_printed_line_of_python_loads_the_output_and_an_eval_file_gives_its_first_samples(
         pvtc_json, one_batch, tmp_path, capsys):
     red = tasks.save_jsonl(tasks.synthetic("more-red", "test", 5), tmp_path / "data" / "red.jsonl")

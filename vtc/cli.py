@@ -495,10 +495,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra={"data": [_spelling(data) for data in args.data], "eval_data": list(map(_spelling, eval_sources)),
                "eval_samples": len(eval_samples), "seed": args.seed},
     )
-    record = train_run(spec, train_samples, eval_samples)
-    if _is_main_process():
-        print(_train_report(args, record, evaluated=bool(eval_samples)))
+    try:
+        record = train_run(spec, train_samples, eval_samples)
+        if _is_main_process():
+            print(_train_report(args, record, evaluated=bool(eval_samples)))
+    finally:
+        _end_distributed()
     return 0
+
+
+def _end_distributed() -> None:
+    """Destroy the process group a multi-process run set up, while the interpreter is still whole: Gloo's worker
+    threads, left to the interpreter's shutdown, can abort a process whose run succeeded ("terminate called without
+    an active exception"). The command owns its process, so nothing communicates after it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------------------- arguments
