@@ -43,9 +43,10 @@ def refuse_calls(monkeypatch):
     return install
 
 
-@pytest.fixture
-def import_benchmark(monkeypatch):
+@pytest.fixture(scope="session")
+def import_benchmark():
     """`import_benchmark(name)` imports the script `benchmarks/<name>.py` as a module (the scripts import their
-    neighbours, so the folder goes on `sys.path` for the test)."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    return importlib.import_module
+    neighbours, so the folder goes on `sys.path` for the session). Session-scoped: hypothesis tests may use it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+        yield importlib.import_module
