@@ -44,14 +44,20 @@ def pool(x: torch.Tensor, gi: GroupIndex) -> torch.Tensor:
     if gi.is_identity:
         # The segment mean below would turn -0.0 into +0.0; ratio=1 must be bit-exact.
         return x.clone()
-    b = x.shape[0]
     rows = x.flatten(2).flatten(0, 1)
-    acc = rows.float() if x.dtype in _HALF else rows
-    # A segment sum over the flattened batch: one row copy per position (index_add), which runs far faster on a CPU
-    # than an element-wise scatter, then a division by the group sizes (padding slots: 0 / 1).
-    summed = acc.new_zeros(b * gi.max_groups, acc.shape[-1]).index_add(0, gi.rows.to(x.device), acc)
-    return summed.div_(gi.divisor.to(device=x.device, dtype=acc.dtype)).to(x.dtype).reshape(
-        b, gi.max_groups, *x.shape[2:])
+    means = segment_mean(rows.float() if x.dtype in _HALF else rows, gi)
+    return means.to(x.dtype).reshape(x.shape[0], gi.max_groups, *x.shape[2:])
+
+
+def segment_mean(rows: torch.Tensor, gi: GroupIndex) -> torch.Tensor:
+    """`(b * s, f)` rows, one per position of the flattened batch → `(b * g, f)` means of each group's rows, in
+    `rows`' dtype; padding slots are zeros.
+
+    A segment sum (one row copy per position: `index_add`, which runs far faster on a CPU than an element-wise
+    scatter), then a division by the group sizes (padding slots: 0 / 1).
+    """
+    summed = rows.new_zeros(gi.batch_size * gi.max_groups, rows.shape[-1]).index_add(0, gi.rows.to(rows.device), rows)
+    return summed.div_(gi.divisor.to(device=rows.device, dtype=rows.dtype))
 
 
 def unpool(x_c: torch.Tensor, gi: GroupIndex) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from vtc.ops.groups import GroupIndex
+from vtc.ops.pool import segment_mean
 
 __all__ = ["compact_positions", "gather_groups"]
 
@@ -60,12 +61,10 @@ def compact_positions(position_ids: torch.Tensor, gi: GroupIndex, mode: str = "m
     elif gi.is_identity:
         out = pos.float()  # each position is its own group; skip the segment mean
     else:
-        # The segment mean of `pool`, with the axes as features: rows (b * s, a) summed into (b * g, a). Integer
-        # positions sum exactly in float32 while a group's sum stays below 2**24 (64 members below position 262,144),
-        # so the mean does not depend on the summation order there.
-        rows = pos.permute(1, 2, 0).reshape(b * s, a).float()
-        summed = rows.new_zeros(b * gi.max_groups, a).index_add(0, gi.rows.to(pos.device), rows)
-        means = summed.div_(gi.divisor.to(pos.device))
+        # The segment mean of `pool`, with the axes as features: rows (b * s, a) into (b * g, a). Integer positions
+        # sum exactly in float32 while a group's sum stays below 2**24 (64 members below position 262,144), so the
+        # mean does not depend on the summation order there.
+        means = segment_mean(pos.permute(1, 2, 0).reshape(b * s, a).float(), gi)
         if gi.is_ragged:  # padding slots (0 / 1) copy their sample's last real group instead
             means = means.index_select(0, gi.fill_rows.to(pos.device))
         out = means.reshape(b, gi.max_groups, a).permute(2, 0, 1)
