@@ -71,6 +71,9 @@ class Qwen2VLAdapter(Adapter):
         return True
 
     # ------------------------------------------------------------------------------------------------- vision
+    # Whether `_merger_inputs` reads the tower's per-block hidden states (not only its last, the merger's input).
+    reads_tower_hidden_states = False
+
     def _merger_inputs(self, output: ModelOutput) -> dict[str, torch.Tensor]:
         """The patch features the merger consumes (and, in Qwen3-VL, each DeepStack merger), from the tower's output
         with its hidden states."""
@@ -83,8 +86,9 @@ class Qwen2VLAdapter(Adapter):
     def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
         grid_thw = image_inputs.get("image_grid_thw")
         grids = self._check_image_inputs(pixel_values, grid_thw)
-        output = self.visual(pixel_values.to(self.visual.dtype), grid_thw=grid_thw, output_hidden_states=True,
-                             return_dict=True)
+        # Hidden states only where a merger reads them: output capture costs `torch.compile` a graph break.
+        output = self.visual(pixel_values.to(self.visual.dtype), grid_thw=grid_thw,
+                             output_hidden_states=self.reads_tower_hidden_states, return_dict=True)
         per_name = {name: self._to_grids(self._to_merge_order(rows, grid_thw), grids)
                     for name, rows in self._merger_inputs(output).items()}
         patches = per_name.pop("merger")
@@ -189,17 +193,19 @@ class Qwen2VLAdapter(Adapter):
         # cannot change (the vision tower consumes it), so only the position index sees the pooled grid.
         ledger.replace_method(self.base_model, "get_rope_index", self.pvtc_rope_index)
 
-    @torch.compiler.disable
     def _checked_pooled_grid_thw(self, grid_thw: torch.Tensor, input_ids: torch.Tensor | None) -> torch.Tensor:
         """The grids under PVTC, once the prompt's placeholders are known to match them. `generate` builds positions
         before the first forward: this is the first place a prompt processed without the patched processor shows,
-        and the index would fail with an opaque shape error. Host reads: run eagerly under `torch.compile`."""
+        and the index would fail with an opaque shape error."""
         grid_thw = self._grid_thw_under_pvtc(grid_thw)
         if input_ids is not None:
             placeholders = int((input_ids == self.image_token_id).sum())
             check_placeholder_count(placeholders, int(grid_thw.prod(-1).sum()) // self.merge_size**2)
         return grid_thw
 
+    # The index loops over the batch on the host, and so does the placeholder check: one eager call under
+    # `torch.compile` (one graph break, where tracing the index alone breaks twice and the check once more).
+    @torch.compiler.disable
     def pvtc_rope_index(self, original, *args, **kwargs):
         """`get_rope_index` on the pooled grids."""
         bound = inspect.signature(original).bind(*args, **kwargs)
@@ -346,6 +352,7 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
 @register_adapter("qwen3_vl")
 class Qwen3VLAdapter(Qwen2VLAdapter):
     model_class_names = ("Qwen3VLForConditionalGeneration",)
+    reads_tower_hidden_states = True
 
     @property
     def deepstack_layers(self) -> int:
