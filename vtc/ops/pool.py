@@ -56,7 +56,8 @@ def segment_mean(rows: torch.Tensor, gi: GroupIndex) -> torch.Tensor:
     A segment sum (one row copy per position: `index_add`, which runs far faster on a CPU than an element-wise
     scatter), then a division by the group sizes (padding slots: 0 / 1).
     """
-    summed = rows.new_zeros(gi.batch_size * gi.max_groups, rows.shape[-1]).index_add(0, gi.rows.to(rows.device), rows)
+    summed = rows.new_zeros(gi.batch_size * gi.max_groups, rows.shape[-1])
+    summed.index_add_(0, gi.rows.to(rows.device), rows)  # in place: the out-of-place form copies the zeros first
     return summed.div_(gi.divisor.to(device=rows.device, dtype=rows.dtype))
 
 

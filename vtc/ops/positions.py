@@ -64,7 +64,9 @@ def compact_positions(position_ids: torch.Tensor, gi: GroupIndex, mode: str = "m
         # The segment mean of `pool`, with the axes as features: rows (b * s, a) into (b * g, a). Integer positions
         # sum exactly in float32 while a group's sum stays below 2**24 (64 members below position 262,144), so the
         # mean does not depend on the summation order there.
-        means = segment_mean(pos.permute(1, 2, 0).reshape(b * s, a).float(), gi)
+        # One copy converts and lays the rows out (a reshape of the permuted view, then `float`, would copy twice).
+        rows = pos.permute(1, 2, 0).to(torch.float32, memory_format=torch.contiguous_format).view(b * s, a)
+        means = segment_mean(rows, gi)
         if gi.is_ragged:  # padding slots (0 / 1) copy their sample's last real group instead
             means = means.index_select(0, gi.fill_rows.to(pos.device))
         out = means.reshape(b, gi.max_groups, a).permute(2, 0, 1)
