@@ -69,6 +69,7 @@ class VTCState:
     adapter: Any
     ledger: PatchLedger
     processor: Any = None
+    num_decoder_layers: int = 0  # set by `install_instrumentation`
 
     def __post_init__(self) -> None:
         self._threads = threading.local()
@@ -109,21 +110,25 @@ def call_arguments(function: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 def forward_arguments(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """`call_arguments` of a forward hook's call, with the class's `forward` signature read once per class."""
-    bound = _forward_signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
-    return {**bound.pop("kwargs", {}), **bound}
+    """The arguments of a forward hook's call by parameter name, `**kwargs` flattened in: its positional arguments
+    named after the class's `forward` (read once per class), then its keyword arguments. A hook runs on every forward
+    and decode step: this is a dict, where binding a signature costs tens of microseconds."""
+    return {**dict(zip(_positional_parameters(type(module).forward), args)), **kwargs}
 
 
 # Class functions only (caching bound methods would keep models alive). A plain dict, not `functools.lru_cache`:
 # `torch.compile` traces through an lru_cache's wrapper and warns that it ignores it.
-_FORWARD_SIGNATURES: dict[Any, inspect.Signature] = {}
+_POSITIONAL_PARAMETERS: dict[Any, tuple[str, ...]] = {}
 
 
-def _forward_signature(forward: Any) -> inspect.Signature:
-    signature = _FORWARD_SIGNATURES.get(forward)
-    if signature is None:
-        signature = _FORWARD_SIGNATURES[forward] = inspect.signature(forward)
-    return signature
+def _positional_parameters(forward: Any) -> tuple[str, ...]:
+    """The names a positional argument of `module(...)` can bind to, in order (`self` excluded)."""
+    names = _POSITIONAL_PARAMETERS.get(forward)
+    if names is None:
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        parameters = list(inspect.signature(forward).parameters.values())[1:]
+        names = _POSITIONAL_PARAMETERS[forward] = tuple(p.name for p in parameters if p.kind in positional)
+    return names
 
 
 def _cache_is_empty(cache: Any) -> bool:
@@ -183,6 +188,7 @@ def _record_prefill(state, bound, image_inputs) -> ForwardRecord:
         is_image = input_ids == adapter.image_token_id
         record.visual_tokens = is_image.sum(dim=1).tolist()
         record.sequence_length = input_ids.shape[1]
+        record.layer_seq_lens = [input_ids.shape[1]] * state.num_decoder_layers
         if bool(is_image.any()) and image_inputs:
             record.visual_layout = _visual_layout(adapter, input_ids, image_inputs)
             mask = bound.get("attention_mask")
@@ -240,24 +246,12 @@ class _Instrumentation:
 
 
 
-class _LayerLengthRecorder:
-    """Records the sequence length decoder layer `index` processes in the current prefill."""
-
-    def __init__(self, state: VTCState, index: int):
-        self.state, self.index = state, index
-
-    def __call__(self, _module, args, kwargs):
-        recording = self.state.call.recording
-        if recording is not None:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            lens = recording.layer_seq_lens
-            lens.extend([0] * (self.index + 1 - len(lens)))
-            lens[self.index] = hidden.shape[1]
-        return None
-
-
 def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
     """Record, for every prefill, the visual tokens per sample, the visual layout and each decoder layer's length.
+
+    Every decoder layer sees the prompt's length unless a compressor shortens it (LVTC writes the lengths it hands
+    layers K..L-1 into the record), so no hook runs per layer: one per decoder layer would cost every forward and
+    every decode step a few microseconds of host time per layer.
 
     Hooks only observe: outputs are unchanged. The image inputs that `generate` hands to `get_image_features` before
     the prefill (it does not pass them to `forward`) are caught by a wrapper with the original signature, because
@@ -265,11 +259,9 @@ def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
     """
     adapter, ledger = state.adapter, state.ledger
     base = adapter.base_model
+    state.num_decoder_layers = len(adapter.decoder_layers)
     instrumentation = _Instrumentation(state)
     ledger.replace_method(base, "get_image_features", instrumentation.get_image_features)
     ledger.add_forward_pre_hook(base, instrumentation.before_forward, "record image inputs", with_kwargs=True)
     ledger.add_forward_hook(base, instrumentation.after_forward, "close forward record", with_kwargs=True,
                             always_call=True)
-    for index, layer in enumerate(adapter.decoder_layers):
-        ledger.add_forward_pre_hook(layer, _LayerLengthRecorder(state, index), f"record layer {index}",
-                                    with_kwargs=True)

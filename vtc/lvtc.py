@@ -271,9 +271,17 @@ class _Controller:
         else:
             step.attention_mask = self._mask(pooled, step.mask2d, cache)
         step.position_embeddings = self._rotary(pooled, groups, kwargs["position_embeddings"], step)
+        self._record_lengths(pooled.shape[1])
         if cache is not None:  # the decode steps that extend this cache continue from here
             setattr(cache, PREFILL_ATTR, LVTCPrefill(groups.seq_len, groups.max_groups, step.mask2d))
         return _with_hidden(args, self._swapped(kwargs, step), pooled)
+
+    def _record_lengths(self, compressed_length: int) -> None:
+        """Layers K..L-1 of this prefill see the pooled sequence (the record holds the prompt's length per layer)."""
+        lengths = getattr(self.state.call.recording, "layer_seq_lens", None)
+        if lengths:
+            last = len(lengths) if self.restore_layer is None else self.restore_layer
+            lengths[self.compress_layer:last] = [compressed_length] * (last - self.compress_layer)
 
     def _structure(self, step: LVTCStep, hidden: torch.Tensor) -> PrefillStructure:
         """The group index and masks of this batch's structure: the one the instrumentation built when the forward
