@@ -7,9 +7,9 @@
 #
 # PART `real` (the default): the `gpu`-marked tests, then the 7B-shaped real-size benchmark, one process per model so
 # that each gets its own time budget (prefill, flash, and decode with interleaved rounds).
-# PART `extra`: LVTC's host work, LVTC against its oracle at 0.5B, the anatomy of a 7B decode step, decode speed at
-# 0.5B (interleaved rounds), LVTC's pooling kernel against a matrix product at width 4096, then torch.compile on a
-# small LLaVA-shaped model.
+# PART `extra`: LVTC's host work, LVTC against its oracle at 0.5B, vtc's host overhead where the host is the
+# bottleneck, the anatomy of a 7B decode step, decode speed at 0.5B (interleaved rounds), LVTC's pooling kernel
+# against a matrix product at width 4096, then torch.compile on a small LLaVA-shaped model.
 set -u
 out=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [SECONDS]}
 limit=${2:-540}
@@ -61,6 +61,7 @@ else
   RESERVE=200 step lvtc_host_work 60 python benchmarks/lvtc_host_work.py --device cuda --dtype bfloat16 --batch 16 \
     --repeats 3
   RESERVE=150 step lvtc_speed 60 python benchmarks/lvtc_speed.py --device cuda --dtype bfloat16 --batch 16 --repeats 10
+  RESERVE=200 step host_overhead 40 python benchmarks/host_overhead.py --device cuda --dtype bfloat16 --repeats 11
   RESERVE=200 step decode_anatomy 150 python benchmarks/decode_anatomy.py --device cuda --batch 32
   RESERVE=110 step decode_speed 90 python benchmarks/decode_speed.py --device cuda --dtype bfloat16 --batch 16 \
     --repeats 3 --new-tokens 64
