@@ -238,12 +238,16 @@ class _Controller:
             return None
         cache = kwargs.get("past_key_values")
         if not step.prefill:
-            # The model's own mask for this layer is None only when it attends every key of the full sequence; with
-            # a dense compressed prompt, so does the compressed one, and the mask is skipped without reading it.
-            dense = step.prompt_dense and kwargs.get("attention_mask") is None
-            # Sized against layer K's own cache, before this layer appends the step's keys.
-            with record_function(COMPRESS_RANGE):
-                step.attention_mask = self._mask(_hidden(args, kwargs), None if dense else step.mask2d, cache)
+            # The model's own mask for this layer is None only when it attends every key of the full sequence (in a
+            # decode step: one query, no padding, an implementation that takes None for that); with a dense
+            # compressed prompt, so does the compressed one, and None is what the mask builder would return: skip
+            # its host work, a fair share of a decode step where the host is the bottleneck.
+            if step.prompt_dense and kwargs.get("attention_mask") is None:
+                step.attention_mask = None
+            else:
+                # Sized against layer K's own cache, before this layer appends the step's keys.
+                with record_function(COMPRESS_RANGE):
+                    step.attention_mask = self._mask(_hidden(args, kwargs), step.mask2d, cache)
             return args, {**kwargs, "attention_mask": step.attention_mask, "position_ids": None}
         with record_function(COMPRESS_RANGE):
             return self._compress_prefill(args, kwargs, step, cache)
