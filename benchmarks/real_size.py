@@ -831,10 +831,11 @@ def _plan_family(family: Family, args) -> list[dict]:
     fb = args.flash_batch
     # per configuration: 3 checked prefills (default, math, flash), 2 x (repeats + 1) timed ones, 3 generations of
     # 4 tokens (default, math, flash; the last under the call-counting mode, which costs host time)
-    out.append({"family": family.key, "phase": f"flash batch {fb}", "seconds": configs * (
-        (2 * args.flash_repeats + 8) * forward_s(fb, lm(full) * 0.6, patches)
-        + 3 * (3 * args.assume_step_ms / 1e3) + 0.5)})
-    for batch in sorted(args.batches, reverse=True):
+    if not args.no_flash:
+        out.append({"family": family.key, "phase": f"flash batch {fb}", "seconds": configs * (
+            (2 * args.flash_repeats + 8) * forward_s(fb, lm(full) * 0.6, patches)
+            + 3 * (3 * args.assume_step_ms / 1e3) + 0.5)})
+    for batch in sorted(args.batches, reverse=True) if not args.no_decode else ():
         ttft = forward_s(batch, lm(full) * 0.6, patches)
         gen = ttft + (args.new_tokens - 1) * args.assume_step_ms / 1e3
         warm = 2 * ttft + args.assume_step_ms / 1e3
@@ -1150,9 +1151,8 @@ def main(argv=None) -> dict:
             fam["weights_mib"] = torch.cuda.memory_allocated(device) / 2**20
         log(f"{family.key}: built in {build_s:.1f} s ({_params(fam['params'])} parameters)")
         phase(family.key, "build", build_s)
-        deadlines = guard.phase_deadlines(end, {kind: planned_s(family.key, kind) * (
-            0 if (kind == "flash" and args.no_flash) or (kind == "decode" and args.no_decode) else 1)
-            for kind in ("prefill", "flash", "decode")})
+        deadlines = guard.phase_deadlines(end, {kind: planned_s(family.key, kind)
+                                                for kind in ("prefill", "flash", "decode")})
 
         rows = make_rows(family, model, args.ratios, k, restore)
         keys = {row.inputs_key: row.config for row in rows}

@@ -91,6 +91,14 @@ def test_time_guard_skips_what_does_not_fit_and_says_so(real_size, tmp_path):
     assert "everything: skipped by the time guard" in (tmp_path / "real_size.md").read_text()
 
 
+def test_the_plan_holds_only_the_phases_that_run(real_size):
+    plan = real_size.main(["--plan", "--batches", "1,8", "--no-flash", "--no-decode"])["plan"]
+    assert sorted(plan) == sorted((family, f"prefill batch {b}") for family in FAMILIES for b in (1, 8))
+    plan = real_size.main(["--plan", "--batches", "1", "--no-flash"])["plan"]
+    assert sorted(phase for _, phase in plan) == ["decode batch 1", "decode batch 1", "prefill batch 1",
+                                                  "prefill batch 1"]
+
+
 def test_flash_agrees_within_the_noise_floor_of_the_backends(real_size):
     bf16 = torch.bfloat16
     mean_tol, max_tol = real_size.AGREE_TOLERANCE[bf16]

@@ -38,6 +38,8 @@ def test_gpu_suite_skips_what_its_time_limit_leaves_no_room_for(tmp_path):
     log says when the run ended (a step needs at least 20 s)."""
     for part, steps in (("real", ["gpu_tests", "real_size_llava", "real_size_qwen2_vl"]),
                         ("extra", ["lvtc_host_work", "lvtc_speed", "host_overhead", "decode_anatomy", "decode_speed", "pool_kernels",
+                                  "compile_speed"]),
+                        ("gaps", ["host_overhead", "pool_kernels", "real_size_prefill", "real_size_decode",
                                   "compile_speed"])):
         out = tmp_path / part
         subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), str(out), "15", part], check=True,
