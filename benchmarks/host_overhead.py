@@ -8,7 +8,10 @@ between configurations are host work. Configurations:
 
 * unpatched: the model without vtc (the yardstick);
 * instrumented: `vtc.compress` with an empty config, the recording every compressed model carries;
-* LVTC at ratio 1 and at each ratio of `--ratios` (`compress_layer=2`, `restore_layer=-2`).
+* LVTC at ratio 1 and at each ratio of `--ratios` (`compress_layer=2`, `restore_layer=-2`);
+* per ratio, `lvtc_speed.py`'s oracle: the unpatched model with two throwaway hooks that run layers K..L-1 on the
+  first tokens of the hidden states, as many as LVTC keeps (prefill only). "prefill of oracle" (oracle time / LVTC
+  time, median over rounds) is then the host-bound analogue of `real_size.py`'s batch-1 "of oracle".
 
 Every round runs, per configuration (interleaved, in an order that rotates from round to round), `--prefills`
 prefills (`use_cache=True`; their median) and one greedy `generate` of `--new-tokens` tokens (its mean decode step,
@@ -31,11 +34,13 @@ import time
 import torch
 from _common import describe_run, parser_with_common_options, print_table
 from decode_speed import timed_generate
+from lvtc_speed import Oracle
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 import vtc
 
 LAYERS, WIDTH = 32, 64
+K = 2  # LVTC's compress layer; it restores at layer LAYERS - 2
 GRID, TEXT_TOKENS = 8, 16
 IMAGE_SIZE, PATCH = 32, 4
 IMAGE_TOKEN = 1_000
@@ -92,26 +97,32 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
     inputs = make_inputs(args.batch, args.device, dtype)
 
     def lvtc(ratio: int) -> vtc.VTCConfig:
-        return vtc.VTCConfig(lvtc=vtc.LVTCConfig(compress_layer=2, restore_layer=-2, ratio=ratio))
+        return vtc.VTCConfig(lvtc=vtc.LVTCConfig(compress_layer=K, restore_layer=-2, ratio=ratio))
 
     configs = {"unpatched": None, "instrumented": vtc.VTCConfig(), "lvtc r=1": lvtc(1)}
     configs.update({f"lvtc r={r}": lvtc(int(r)) for r in args.ratios.split(",")})
-    names = list(configs)
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    with torch.inference_mode():
+        oracles = {f"oracle r={r}": compressed_length(model, inputs, lvtc(int(r))) for r in args.ratios.split(",")}
+    names = [*configs, *oracles]
+    runs: dict[str, list[tuple[float, float | None]]] = {name: [] for name in names}
     hooks: dict[str, int] = {}
     with torch.inference_mode():
         for round_ in range(args.repeats + 1):  # round 0 warms every configuration up
             shift = round_ % len(names)
             for name in names[shift:] + names[:shift]:
-                if configs[name] is not None:
+                if configs.get(name) is not None:
                     vtc.compress(model, configs[name])
+                oracle = Oracle(model, K, LAYERS - 2, oracles[name]) if name in oracles else None
                 hooks[name] = forward_hooks(model)
                 try:
                     prefill = statistics.median(timed_prefill(model, inputs, device) for _ in range(args.prefills))
-                    step = args.batch / timed_generate(model, inputs, args.new_tokens, device)["decode"] * 1e3
+                    step = (None if oracle else  # the oracle's hooks shorten prefills only
+                            args.batch / timed_generate(model, inputs, args.new_tokens, device)["decode"] * 1e3)
                 finally:
-                    if configs[name] is not None:
+                    if configs.get(name) is not None:
                         vtc.unpatch(model)
+                    if oracle is not None:
+                        oracle.remove()
                 if round_:
                     runs[name].append((prefill, step))
 
@@ -121,13 +132,30 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
     def overhead(name: str, i: int) -> float:
         return statistics.median(run[i] - base[i] for run, base in zip(runs[name], runs["unpatched"]))
 
+    def of_oracle(name: str) -> str:
+        oracle = name.replace("lvtc", "oracle")
+        if not name.startswith("lvtc") or oracle not in runs:
+            return "-"
+        return f"{statistics.median(o[0] / r[0] for o, r in zip(runs[oracle], runs[name])):.1%}"
+
     print(f"{describe_run(args)}; a {LAYERS}-layer, width-{WIDTH} decoder, {GRID * GRID} visual + {TEXT_TOKENS} text "
-          f"tokens, {args.new_tokens} new tokens; LVTC K=2, L={LAYERS - 2}")
-    header = ["config", "hooks", "prefill ms", "prefill +ms", "decode ms/step", "decode +ms/step"]
-    rows = [[name, str(hooks[name]), f"{median(name, 0):.2f}", f"{overhead(name, 0):+.2f}", f"{median(name, 1):.3f}",
-             f"{overhead(name, 1):+.3f}"] for name in names]
+          f"tokens, {args.new_tokens} new tokens; LVTC K={K}, L={LAYERS - 2}")
+    header = ["config", "hooks", "prefill ms", "prefill +ms", "prefill of oracle", "decode ms/step", "decode +ms/step"]
+    rows = [[name, str(hooks[name]), f"{median(name, 0):.2f}", f"{overhead(name, 0):+.2f}", of_oracle(name),
+             "-" if name in oracles else f"{median(name, 1):.3f}",
+             "-" if name in oracles else f"{overhead(name, 1):+.3f}"] for name in names]
     print_table(header, rows)
     return rows
+
+
+def compressed_length(model, inputs, config: vtc.VTCConfig) -> int:
+    """The sequence length LVTC hands layers K..L-1 of this prompt."""
+    vtc.compress(model, config)
+    try:
+        model(**inputs, use_cache=True, logits_to_keep=1)
+        return vtc.last_stats(model)["layer_seq_lens"][K]
+    finally:
+        vtc.unpatch(model)
 
 
 if __name__ == "__main__":
