@@ -33,35 +33,39 @@ from vtc.flops import prefill_flops
 
 GRID = 24  # visual tokens per side: 576 in all
 TEXT_TOKENS = 64
-IMAGE_SIZE, PATCH = 96, 4  # a small tower with a 24x24 patch grid: its cost is the same for every configuration
-IMAGE_TOKEN = 151_655
+PATCH = 4  # a small tower with one patch per visual token: its cost is the same for every configuration
+VOCAB = 151_936  # Qwen2's
+IMAGE_TOKEN = 1_000  # text tokens are drawn above it
 
 
 def build_model(device: str, dtype: torch.dtype, attn: str, *, width: int = 896, layers: int = 24,
-                intermediate: int | None = None) -> LlavaForConditionalGeneration:
-    """The benchmark's model; `width` (a multiple of 64), `layers` and `intermediate` (the MLP width, by default the
-    Qwen2 proportion) shrink its decoder for measurements of LVTC's own work."""
+                intermediate: int | None = None, grid: int = GRID,
+                vocab_size: int = VOCAB) -> LlavaForConditionalGeneration:
+    """The benchmark's model; `width` (a multiple of 64), `layers`, `intermediate` (the MLP width, by default the
+    Qwen2 proportion) and `vocab_size` shrink its decoder for measurements of host work, and `grid` its image (visual
+    tokens per side)."""
     heads = width // 64
     config = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=64),
+                           num_attention_heads=2, image_size=grid * PATCH, patch_size=PATCH, projection_dim=64),
         text_config=dict(model_type="qwen2", hidden_size=width, intermediate_size=intermediate or width * 38 // 7,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=min(2, heads),
-                         vocab_size=151_936,
+                         vocab_size=vocab_size,
                          max_position_embeddings=4096, tie_word_embeddings=True),
         image_token_index=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default",
-        image_seq_length=GRID * GRID,
+        image_seq_length=grid * grid,
     )
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration._from_config(config, attn_implementation=attn, dtype=dtype)
     return model.to(device).eval()
 
 
-def make_inputs(batch: int, device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    text = torch.randint(1000, 100_000, (TEXT_TOKENS,), generator=torch.Generator().manual_seed(1))
-    image = torch.full((GRID * GRID,), IMAGE_TOKEN)
-    ids = torch.cat([text[: TEXT_TOKENS // 2], image, text[TEXT_TOKENS // 2:]])[None].expand(batch, -1)
-    pixels = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(2))
+def make_inputs(batch: int, device: str, dtype: torch.dtype, *, grid: int = GRID, text_tokens: int = TEXT_TOKENS,
+                vocab_size: int = VOCAB) -> dict[str, torch.Tensor]:
+    text = torch.randint(IMAGE_TOKEN + 1, vocab_size, (text_tokens,), generator=torch.Generator().manual_seed(1))
+    image = torch.full((grid * grid,), IMAGE_TOKEN)
+    ids = torch.cat([text[: text_tokens // 2], image, text[text_tokens // 2:]])[None].expand(batch, -1)
+    pixels = torch.randn(batch, 3, grid * PATCH, grid * PATCH, generator=torch.Generator().manual_seed(2))
     return {"input_ids": ids.to(device), "pixel_values": pixels.to(device, dtype)}
 
 
