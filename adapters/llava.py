@@ -264,11 +264,23 @@ class _AnyResAdapter(LlavaLikeAdapter):
         packed = self._pack_grids([probes[image_idx]], [sizes[image_idx]], torch.ones(1))
         return token * len(packed[0])
 
+    # Each image's size decides its crops and its packing: read them to the host once, where `torch.compile` runs
+    # this eagerly (one graph break, where every read of a size in the tiling and packing would break again).
+    @staticmethod
+    @torch.compiler.disable
+    def _image_sizes_on_host(image_sizes: Any) -> list[tuple[int, int]]:
+        rows = image_sizes.tolist() if hasattr(image_sizes, "tolist") else list(image_sizes)
+        if not all(isinstance(row, (list, tuple)) and len(row) == 2 for row in rows):
+            raise InputError(f"image_sizes must hold one (height, width) per image, got {rows!r}. "
+                             f"{MAKE_INPUTS_WITH_PROCESSOR}")
+        return [(int(height), int(width)) for height, width in rows]
+
     def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
         check_pixel_tiles(pixel_values, self.vision_tile, leading=(("images", "crops"), ("crops",)), item="crop")
         if image_inputs.get("image_sizes") is None:
             raise InputError("pixel_values reached the model without image_sizes, which decide each image's crops: "
                              f"pass the processor's full output to the model. {MAKE_INPUTS_WITH_PROCESSOR}")
+        image_inputs = {**image_inputs, "image_sizes": self._image_sizes_on_host(image_inputs["image_sizes"])}
         crops = self._crops_per_image(image_inputs)
         # Every crop image_sizes calls for must be there: a missing one would shift the crops of every later image.
         if pixel_values.dim() == 5:

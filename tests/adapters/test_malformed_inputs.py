@@ -97,6 +97,8 @@ def test_anyres_crops_must_match_image_sizes(compressed):
     # with placeholders in the prompt the visual layout already misses image_sizes; without, the vision path does
     with pytest.raises(vtc.InputError, match="without image_sizes"):
         forward(model, {**inputs, **text_only(inputs)}, image_sizes=None)
+    with pytest.raises(vtc.InputError, match=r"one \(height, width\) per image"):
+        forward(model, {**inputs, **text_only(inputs)}, image_sizes=torch.ones(2, 3, dtype=torch.long))
 
 
 # ---------------------------------------------------------------------------------------------------- Qwen

@@ -1,7 +1,7 @@
 """`torch.compile` on a compressed model: the same outputs as eager, no more graphs, no recompilation per decode step.
 
-For each component on a tiny model (PVTC, LVTC and PVTC + LVTC on LLaVA; on Qwen2-VL, PVTC's pooled grids in the
-M-RoPE index and LVTC on M-RoPE positions with RVTC's tiling) and for the unpatched model (the control and the yardstick), one test runs a prefill with
+For each component on a tiny model (PVTC, LVTC and PVTC + LVTC on LLaVA; PVTC on LLaVA-NeXT's crops; on Qwen2-VL,
+PVTC's pooled grids in the M-RoPE index and LVTC on M-RoPE positions with RVTC's tiling; PVTC on Qwen3-VL's DeepStack) and for the unpatched model (the control and the yardstick), one test runs a prefill with
 `use_cache=True` and greedy single-token decode steps on its KV cache, first eagerly (the reference; the first call
 also lets transformers install its output-capturing hooks, a first-call graph break of its own), then through
 `torch.compile(model)`, and checks:
@@ -201,13 +201,28 @@ def test_the_unpatched_model_compiles_without_recompiling_per_step(family):
     ("llava", "pvtc"),
     ("llava", "lvtc"),
     ("llava", "pvtc+lvtc"),
+    ("llava_next", "pvtc"),  # the any-resolution crops, packed at PVTC's grid
     ("qwen2_vl", "pvtc"),  # the pooled grids in the M-RoPE index
     ("qwen2_vl", "lvtc+rvtc"),  # LVTC on M-RoPE positions; RVTC's tiling
+    ("qwen3_vl", "pvtc"),  # DeepStack features at PVTC's grid
 ])
 def test_compiled_component_matches_eager_without_more_graphs_or_recompiles(family, component):
     run = Run(family, CONFIGS[component])
     run.check_outputs()
     _check_compile_friendly(run, _unpatched(family))
+
+
+@pytest.mark.xfail(raises=MoreGraphBreaks, strict=True, reason=(
+    "known gap: Qwen3-VL's language model cannot be traced whole (its DeepStack step breaks the graph inside the "
+    "layer loop), so it runs eagerly and each decoder layer compiles on its own; LVTC's compress and restore hooks, "
+    "called from that eager loop, then compile as two graphs of their own (41 against 39); outputs and decode steps "
+    "are right"))
+def test_qwen3_lvtc_compiles_its_two_hooks_as_graphs_of_their_own():
+    run = Run("qwen3_vl", CONFIGS["lvtc"])
+    run.check_outputs()
+    assert run.late_step_compiles() == 0, run.frames
+    assert run.graphs <= _unpatched("qwen3_vl").graphs + 2, (run.graphs, run.break_reasons)
+    _check_compile_friendly(run, _unpatched("qwen3_vl"))
 
 
 def test_inductor_prefill_matches_eager():
