@@ -245,7 +245,6 @@ class _Instrumentation:
             call.last, call.recording = call.recording, None
 
 
-
 def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
     """Record, for every prefill, the visual tokens per sample, the visual layout and each decoder layer's length.
 
