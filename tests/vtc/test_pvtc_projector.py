@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from torch import nn
 
 from vtc.ops import average_token_windows, partition_windows, pooled_grid
-from vtc.pvtc import PVTCProjector, RegionCrossAttention
+from vtc.pvtc import PVTCProjector, RegionCrossAttention, RMSNorm
 
 VISION, TEXT = 8, 16
 
@@ -161,3 +161,15 @@ def test_constructor_rejects_a_non_square_ratio_and_indivisible_heads():
         PVTCProjector(VISION, TEXT, ratio=2)
     with pytest.raises(ValueError, match="divisible"):
         PVTCProjector(VISION, TEXT, ratio=4, num_heads=5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_normalises_in_float32_and_applies_its_gain_in_the_input_dtype(dtype):
+    norm = randomise(RMSNorm(24)).to(dtype)
+    x = (torch.randn(3, 5, 24, generator=torch.Generator().manual_seed(1)) * 7).to(dtype)
+    x32 = x.float()
+    expected = norm.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + norm.eps)).to(dtype)
+    out = norm(x)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
