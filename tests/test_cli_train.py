@@ -199,12 +199,51 @@ def test_train_destroys_the_process_group_it_ran_in_even_when_training_fails(pvt
         raise RuntimeError("training failed")
 
     monkeypatch.setattr(vtc.training.run, "train_run", failing_run)
+    barriers = _count_barriers(monkeypatch)
     try:
         assert train("reference:llava", [one_batch], tmp_path / "run", "--config", pvtc_json, steps=1) == 1
         assert not dist.is_initialized()
+        assert barriers == []  # after a failure the peers may never arrive: no waiting for them
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_after_a_successful_run_every_process_waits_for_the_others_then_leaves_the_group(pvtc_json, one_batch,
+                                                                                        tmp_path, monkeypatch):
+    """Rank 0 still writes its report when the others are done; tearing connections down under a peer that still
+    holds them open can abort the process too."""
+    import torch.distributed as dist
+
+    import vtc.training.run
+
+    def succeeding_run(*args, **kwargs):
+        dist.init_process_group("gloo", init_method=(tmp_path / "store").as_uri(), rank=0, world_size=1)
+        return {}
+
+    monkeypatch.setattr(vtc.training.run, "train_run", succeeding_run)
+    monkeypatch.setattr(vtc.cli, "_is_main_process", lambda: False)  # no report to write from this record
+    barriers = _count_barriers(monkeypatch)
+    try:
+        assert train("reference:llava", [one_batch], tmp_path / "run", "--config", pvtc_json, steps=1) == 0
+        assert barriers == [True] and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _count_barriers(monkeypatch) -> list[bool]:
+    """`dist.barrier` still runs; each call appends whether the group was up then."""
+    import torch.distributed as dist
+
+    calls, barrier = [], dist.barrier
+
+    def counted(*args, **kwargs):
+        calls.append(dist.is_initialized())
+        return barrier(*args, **kwargs)
+
+    monkeypatch.setattr(dist, "barrier", counted)
+    return calls
 
 
 def test_the_printed_line_of_python_loads_the_output_and_an_eval_file_gives_its_first_samples(

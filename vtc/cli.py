@@ -495,22 +495,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra={"data": [_spelling(data) for data in args.data], "eval_data": list(map(_spelling, eval_sources)),
                "eval_samples": len(eval_samples), "seed": args.seed},
     )
+    finished = False
     try:
         record = train_run(spec, train_samples, eval_samples)
         if _is_main_process():
             print(_train_report(args, record, evaluated=bool(eval_samples)))
+        finished = True
     finally:
-        _end_distributed()
+        _end_distributed(wait_for_every_process=finished)
     return 0
 
 
-def _end_distributed() -> None:
+def _end_distributed(*, wait_for_every_process: bool) -> None:
     """Destroy the process group a multi-process run set up, while the interpreter is still whole: Gloo's worker
     threads, left to the interpreter's shutdown, can abort a process whose run succeeded ("terminate called without
-    an active exception"). The command owns its process, so nothing communicates after it."""
+    an active exception"). The command owns its process, so nothing communicates after it.
+
+    After a successful run every process first waits for the others (rank 0 still writes its report while the rest
+    are done): a process that tears its connections down while a peer still holds them open can abort the same way.
+    After a failure it does not wait: the peers may never arrive."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if wait_for_every_process:
+            dist.barrier()
         dist.destroy_process_group()
 
 
