@@ -9,7 +9,8 @@ Each configuration is a deep copy of the model, compressed once. Its compiled va
 `forward = torch.compile(forward)` (default mode, `--backend`, inductor unless told), which `generate` calls too; its
 eager variant is the same copy without it. Warm-up, per configuration: a prefill and a `generate` of
 `--warmup-tokens` tokens compile what the timed rounds need (the prefill, the first decode step, then the growing
-cache length made dynamic). The timed rounds then run under `torch.compiler.set_stance("eager_on_recompile")`: a
+cache length made dynamic); then an eager `generate` of `--new-tokens` tokens, so that no timed round meets a KV
+length for the first time (a first decode step at a new length costs more on some GPUs). The timed rounds then run under `torch.compiler.set_stance("eager_on_recompile")`: a
 step whose guards fail runs eagerly instead of compiling for minutes, and the `late compiles` column shows where
 that happens (frames compiled by decode steps 3 and later of the warm-up generation; 0 for a model that does not
 recompile per step).
@@ -24,12 +25,16 @@ round; the table reports medians over rounds:
 * graphs: graphs dynamo compiled for the prefill (breaks = graphs - 1); compile s: the warm-up's wall time;
 * max |dlogit|: compiled against eager prefill logits, largest absolute difference.
 
-    python benchmarks/compile_speed.py --vision-layers 1 --text-layers 2 --new-tokens 8 --repeats 3   # CPU smoke
+A configuration with more graphs than the baseline's is followed by the graph breaks dynamo counted for it.
+
+    python benchmarks/compile_speed.py --vision-layers 1 --text-layers 4 --compress-layer 1 --restore-layer -1 \
+        --new-tokens 8 --repeats 3                                                                  # CPU smoke
     python benchmarks/compile_speed.py --device cuda --dtype bfloat16 --repeats 5
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import statistics
 import time
@@ -92,7 +97,8 @@ def warmup_generate(variant: Variant, inputs, new_tokens: int) -> list[int]:
     return steps.frames
 
 
-def main() -> None:
+def parse_args(argv=None):
+    """The command line, checked: the LVTC layers must exist in a decoder of `--text-layers` layers."""
     parser = parser_with_common_options(__doc__)
     parser.set_defaults(ratios="4", repeats=3)
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per timed generation (default 32)")
@@ -103,9 +109,19 @@ def main() -> None:
     parser.add_argument("--vision-layers", type=int, default=24, help="CLIP layers (default 24, the real tower)")
     parser.add_argument("--text-layers", type=int, default=24, help="decoder layers (default 24, the real decoder)")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.warmup_tokens < 5 or args.new_tokens < 2:
         parser.error("--warmup-tokens must be >= 5 and --new-tokens >= 2")
+    try:  # before minutes of building and compiling
+        vtc.LVTCConfig(compress_layer=args.compress_layer, restore_layer=args.restore_layer,
+                       ratio=1).resolve_layers(args.text_layers)
+    except vtc.ConfigError as error:
+        parser.error(f"--text-layers {args.text_layers} with --compress-layer / --restore-layer: {error}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     # One cache entry per configuration and shape lives on the same code objects: keep them all.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -128,6 +144,7 @@ def main() -> None:
     warm: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
         for name in names:  # warm-up: compile every configuration and check its prefill against eager
+            breaks_before = collections.Counter(torch._dynamo.utils.counters["graph_break"])
             variant = variants[name] = Variant(model, configs[name], args.backend)
             _, eager_logits = timed_prefill(variant.model, inputs[name], device)
             start = time.perf_counter()
@@ -139,7 +156,11 @@ def main() -> None:
             warm[name] = {
                 "graphs": graphs, "compile s": time.perf_counter() - start, "late compiles": frames[-1] - frames[2],
                 "diff": (compiled_logits.float() - eager_logits.float()).abs().max().item(),
+                "breaks": collections.Counter(torch._dynamo.utils.counters["graph_break"]) - breaks_before,
             }
+            # the eager variant's first generation at the timed length: the KV lengths the rounds meet are then
+            # no longer new to the process (a first decode step at a new length costs more on some GPUs)
+            timed_generate(variant.model, inputs[name], args.new_tokens, device)
         del model
 
         runs = {(name, mode): [] for name in names for mode in ("eager", "compiled")}
@@ -180,6 +201,12 @@ def main() -> None:
             str(w["graphs"]), str(w["late compiles"]), f"{w['compile s']:.0f}", f"{w['diff']:.1e}",
         ])
     print_table(header, rows)
+    for name in names:  # where a configuration's graphs part, when it has more than the baseline's
+        if warm[name]["graphs"] > warm["baseline"]["graphs"]:
+            print(f"\n{name}: {warm[name]['graphs']} graphs against the baseline's {warm['baseline']['graphs']}; "
+                  "graph breaks dynamo counted while it compiled:")
+            for reason, count in warm[name]["breaks"].most_common():
+                print(f"  {count} x {reason.splitlines()[0][:160]}")
 
 
 if __name__ == "__main__":

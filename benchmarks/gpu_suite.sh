@@ -10,9 +10,10 @@
 # PART `extra`: LVTC's host work, LVTC against its oracle at 0.5B, vtc's host overhead where the host is the
 # bottleneck, the anatomy of a 7B decode step, decode speed at 0.5B (interleaved rounds), LVTC's pooling kernel
 # against a matrix product at width 4096, then torch.compile on a small LLaVA-shaped model.
-# PART `gaps`: what the targets still open need (benchmarks/README.md, "Left open"): the host overhead, the pooling
-# kernels, 7B prefill at batch 1 and 8 with 6 rounds, 7B decode at batch 32 with interleaved rounds, torch.compile.
-# It writes more than 8 files: archive OUT_DIR when the files that come back are limited.
+# PART `gaps`: what the targets still open need (benchmarks/README.md, "Left open"): the first-sight cost of a decode
+# step per SDPA backend (with and without TORCH_CUDNN_SDPA_AVOID_RECOMPILE), LVTC's host work at batch 16, Qwen2-VL's
+# 7B prefill at batch 1 with 12 rounds, 7B decode at batch 32 (first generations apart, then 2 rounds), torch.compile
+# with the graph breaks named. It writes more than 8 files: archive OUT_DIR when the files that come back are limited.
 set -u
 out=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [SECONDS]}
 limit=${2:-540}
@@ -61,24 +62,27 @@ if [[ $part == real ]]; then
       --out "$out/real_size_$family" --decode-repeats 2 --budget-s $((share - 40))
   done
 elif [[ $part == gaps ]]; then
-  RESERVE=460 step host_overhead 40 python benchmarks/host_overhead.py --device cuda --dtype bfloat16 --repeats 11
-  RESERVE=420 step pool_kernels 40 python benchmarks/pool_kernels.py --device cuda --dtype bfloat16
-  RESERVE=300 step real_size_prefill 130 python benchmarks/real_size.py --device cuda --batches 1,8 --repeats 6 \
-    --no-flash --no-decode --out "$out/real_size_prefill" --budget-s 110
-  RESERVE=120 step real_size_decode 200 python benchmarks/real_size.py --device cuda --batches 32 --repeats 2 \
-    --no-flash --decode-repeats 2 --out "$out/real_size_decode" --budget-s 180
-  step compile_speed 150 python benchmarks/compile_speed.py --device cuda --dtype bfloat16 --batch 8 --repeats 3 \
-    --vision-layers 1 --text-layers 4
+  RESERVE=490 step first_sight 60 python benchmarks/first_sight.py --device cuda --batch 32 --new-tokens 32
+  RESERVE=430 step first_sight_avoid_recompile 60 env TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 \
+    python benchmarks/first_sight.py --device cuda --batch 32 --new-tokens 32
+  RESERVE=370 step lvtc_host_work 60 python benchmarks/lvtc_host_work.py --device cuda --dtype bfloat16 --batch 16 \
+    --repeats 3
+  RESERVE=325 step real_size_batch1 45 python benchmarks/real_size.py --device cuda --families qwen2_vl --batches 1 \
+    --repeats 12 --no-flash --no-decode --out "$out/real_size_batch1" --budget-s 35
+  RESERVE=50 step real_size_decode 280 python benchmarks/real_size.py --device cuda --batches 32 --repeats 1 \
+    --no-flash --decode-repeats 2 --out "$out/real_size_decode" --budget-s 260
+  step compile_speed 80 python benchmarks/compile_speed.py --device cuda --dtype bfloat16 --batch 8 --repeats 3 \
+    --vision-layers 1 --text-layers 4 --compress-layer 1 --restore-layer -1
 else
   RESERVE=200 step lvtc_host_work 60 python benchmarks/lvtc_host_work.py --device cuda --dtype bfloat16 --batch 16 \
     --repeats 3
   RESERVE=150 step lvtc_speed 60 python benchmarks/lvtc_speed.py --device cuda --dtype bfloat16 --batch 16 --repeats 10
-  RESERVE=200 step host_overhead 40 python benchmarks/host_overhead.py --device cuda --dtype bfloat16 --repeats 11
+  RESERVE=200 step host_overhead 60 python benchmarks/host_overhead.py --device cuda --dtype bfloat16 --repeats 5
   RESERVE=200 step decode_anatomy 150 python benchmarks/decode_anatomy.py --device cuda --batch 32
   RESERVE=110 step decode_speed 90 python benchmarks/decode_speed.py --device cuda --dtype bfloat16 --batch 16 \
     --repeats 3 --new-tokens 64
   RESERVE=100 step pool_kernels 40 python benchmarks/pool_kernels.py --device cuda --dtype bfloat16
   step compile_speed 300 python benchmarks/compile_speed.py --device cuda --dtype bfloat16 --batch 8 --repeats 5 \
-    --vision-layers 1 --text-layers 4
+    --vision-layers 1 --text-layers 8
 fi
 echo "done in $(($(date +%s) - start)) s" | tee -a "$out/steps.txt"

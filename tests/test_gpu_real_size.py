@@ -67,6 +67,7 @@ def test_tiny_run_writes_every_table(tmp_path):
                 continue
             assert row["ttft"] > 0 and row["decode"] > 0 and row["kv_mib"] > 0
             assert (row["kv_ratio"] < 1) == (name != "baseline")
+            assert row["first_decode"] > 0 and len(row["raw"]) == 1  # the first generation is not a timed round
 
     for heading in ("prefill, batch 1", "flash SDPA forced, batch 1", "generation, batch 1", "## Targets",
                     "## Phase times", "PVTC r4 >= 95% of oracle", "LVTC r1 overhead <= 2%"):
@@ -97,6 +98,16 @@ def test_the_plan_holds_only_the_phases_that_run(real_size):
     plan = real_size.main(["--plan", "--batches", "1", "--no-flash"])["plan"]
     assert sorted(phase for _, phase in plan) == ["decode batch 1", "decode batch 1", "prefill batch 1",
                                                   "prefill batch 1"]
+
+
+def test_projector_cost_is_not_judged_where_the_oracle_itself_gains_nothing(real_size):
+    """At batch 1 a 7B decoder on a GPU waits for kernel launches: the oracle's shorter sequence saves no LM time,
+    so a projector cost over "LM time saved" would divide by noise (993% in one H200 run)."""
+    assert real_size.projector_cost(2.0, 40.0, 3.0) == (0.05, "")
+    value, why = real_size.projector_cost(3.0, 0.3, 1.01)
+    assert value is None and "bound by the host" in why and "1.01x" in why
+    assert real_size.projector_cost(3.0, -0.5, None) == (None, "n/a (no LM time saved)")
+    assert real_size.projector_cost(3.0, 1.0, real_size.HOST_BOUND_ORACLE_SPEEDUP)[0] == 3.0
 
 
 def test_flash_agrees_within_the_noise_floor_of_the_backends(real_size):
