@@ -724,8 +724,8 @@ def decode_phase(model, family: Family, rows: list[Row], inputs, new_tokens, rep
     "decode tok/s": a decode step at a KV length the process has not met before can cost several later steps' time
     (on the H200 at 7B and batch 32: 60-117 against 22-29 ms), so a configuration that happened to meet its lengths
     first would be charged for them. A round runs only if the time left covers it: the first round's estimate is the
-    first generations' time, a later round's the round before it. Rows whose first generation does not fit are
-    skipped.
+    first generations' time, a later round's the round before it; where a whole round does not fit, as many of its
+    generations as fit run, the baseline first. Rows whose first generation does not fit are skipped.
     """
     rows = [row for row in rows if row.name != "lvtc r1"]
     live = [row for row in rows if row.na is None]
@@ -750,19 +750,31 @@ def decode_phase(model, family: Family, rows: list[Row], inputs, new_tokens, rep
                                                                   "no time left for its first generation")}
         live = [row for row in live if row.name in first]
         runs: dict[str, list[dict]] = {row.name: [] for row in live}
-        round_s = sum(first[row.name]["seconds"] for row in live)
+        seconds = {row.name: first[row.name]["seconds"] for row in live}  # then each row's latest generation
         for r in range(repeats if live else 0):
-            if guard.left(deadline) < round_s:
-                guard.skip(f"{family.key} decode batch {batch}: rounds {r + 1}..{repeats}",
-                           f"a round takes ~{round_s:.1f} s, {max(0.0, guard.left(deadline)):.0f} s left")
+            order, left = live[r % len(live):] + live[:r % len(live)], guard.left(deadline)
+            last_round = left < sum(seconds[row.name] for row in order)
+            if last_round:  # not a whole round: as many generations as fit, in the table's order (the baseline first)
+                order, need = [], 0.0
+                for row in live:
+                    if need + seconds[row.name] <= left:
+                        order.append(row)
+                        need += seconds[row.name]
+                missing = ", ".join(row.name for row in live if row not in order)
+                what = f"round {r + 1} of {missing}" if order else f"round {r + 1}"
+                what += f", rounds {r + 2}..{repeats}" if r + 1 < repeats else ""
+                guard.skip(f"{family.key} decode batch {batch}: {what}", f"{max(0.0, left):.0f} s left")
+            if not order:
                 break
-            log(f"{family.key} decode batch {batch}: round {r + 1}/{repeats} ({len(live)} generations of "
-                f"{new_tokens} tokens, ~{round_s:.1f} s)")
-            start = time.perf_counter()
-            for row in live[r % len(live):] + live[:r % len(live)]:
+            log(f"{family.key} decode batch {batch}: round {r + 1}/{repeats} ({len(order)} generations of "
+                f"{new_tokens} tokens, ~{sum(seconds[row.name] for row in order):.1f} s)")
+            for row in order:
+                start = time.perf_counter()
                 runs[row.name].append(generate_once(model, family, row, inputs[row.inputs_key], new_tokens))
-            round_s = time.perf_counter() - start
+                seconds[row.name] = time.perf_counter() - start
             result["rounds"] = r + 1
+            if last_round:
+                break
     vtc.unpatch(model)
     base = runs.get("baseline") or []
     for row in rows:

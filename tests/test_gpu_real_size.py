@@ -168,3 +168,47 @@ def check_flash_agrees(real_size, family_key: str, device: torch.device, dtype: 
 @pytest.mark.parametrize("family_key", FAMILIES)
 def test_flash_forced_agrees_with_default_backend_on_cuda(real_size, family_key):
     check_flash_agrees(real_size, family_key, torch.device("cuda"), torch.bfloat16)
+
+
+def test_decode_times_first_generations_apart_and_fills_a_short_round_baseline_first(real_size, monkeypatch):
+    """Each configuration's first generation is kept out of the decode figures; a round that does not fit whole
+    runs as many generations as fit, the baseline first, and the time guard lists the rest."""
+    clock = [0.0]
+    fake_time = type("FakeTime", (), {"perf_counter": staticmethod(lambda: clock[0]),
+                                      "strftime": staticmethod(lambda fmt: "00:00:00")})
+    generations = []
+
+    def generate_once(model, family, row, inputs, new_tokens):
+        generations.append(row.name)
+        clock[0] += 10.0  # every generation takes 10 s of the guard's clock
+        return {"ttft": 5.0, "decode": 100.0 + len(generations)}
+
+    monkeypatch.setattr(real_size, "time", fake_time)
+    monkeypatch.setattr(real_size, "generate_once", generate_once)
+    family = real_size.FAMILY_CLASSES["llava"](True, torch.device("cpu"), torch.float32, "sdpa")
+    model = family.build()
+    rows = real_size.make_rows(family, model, [4], 2, 4)
+    one = {row.inputs_key: family.inputs_one(model, None if row.inputs_key == "native" else row.config)
+           for row in rows}
+    inputs = {key: real_size.expand(value, 1, torch.device("cpu"), torch.float32) for key, value in one.items()}
+    live = [row.name for row in rows if row.na is None and row.name != "lvtc r1"]
+    guard = real_size.Guard(0.0)
+    guard.deadline = 10.0 * len(live) + 25.0  # on the fake clock: the first generations, then room for two more
+    result = real_size.decode_phase(model, family, rows, inputs, 8, 2, guard, None, 1)
+
+    assert generations == live + live[:2]  # first generations, then a short round: the baseline and the next
+    assert result["rounds"] == 1
+    entries = result["rows"]
+    for position, name in enumerate(live):
+        entry = entries[name]
+        assert entry["first_decode"] == 100.0 + position + 1  # its own first generation, apart
+        if position < 2:
+            assert entry["decode"] == 100.0 + len(live) + position + 1 and len(entry["raw"]) == 1
+        else:
+            assert "decode" not in entry and entry["raw"] == []
+    assert entries["pvtc r4"]["decode_speedup"] == pytest.approx(entries["pvtc r4"]["decode"] /
+                                                                 entries["baseline"]["decode"])
+    assert guard.skipped == [f"llava decode batch 1: round 1 of {', '.join(live[2:])}, rounds 2..2: skipped by the "
+                             "time guard (25 s left)"]
+    table = real_size.decode_table(result, cuda=False)
+    assert table.count("| - ") >= 2 * (len(live) - 2)  # no decode figure where no round ran
