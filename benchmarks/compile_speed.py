@@ -25,7 +25,8 @@ round; the table reports medians over rounds:
 * graphs: graphs dynamo compiled for the prefill (breaks = graphs - 1); compile s: the warm-up's wall time;
 * max |dlogit|: compiled against eager prefill logits, largest absolute difference.
 
-A configuration with more graphs than the baseline's is followed by the graph breaks dynamo counted for it.
+A configuration with more graphs than the baseline's is followed by the graph breaks dynamo counted for it; dynamo
+logs every recompilation with its reason as it happens.
 
     python benchmarks/compile_speed.py --vision-layers 1 --text-layers 4 --compress-layer 1 --restore-layer -1 \
         --new-tokens 8 --repeats 3                                                                  # CPU smoke
@@ -125,6 +126,7 @@ def main(argv=None) -> None:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     # One cache entry per configuration and shape lives on the same code objects: keep them all.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._logging.set_logs(recompiles=True)  # a graph count above the baseline's may be a recompile, not a break
     model = build_model(args.device, dtype, args.attn, vision_layers=args.vision_layers, text_layers=args.text_layers)
 
     def lvtc(ratio: int) -> vtc.LVTCConfig:
