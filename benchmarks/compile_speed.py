@@ -10,10 +10,10 @@ Each configuration is a deep copy of the model, compressed once. Its compiled va
 eager variant is the same copy without it. Warm-up, per configuration: a prefill and a `generate` of
 `--warmup-tokens` tokens compile what the timed rounds need (the prefill, the first decode step, then the growing
 cache length made dynamic); then an eager `generate` of `--new-tokens` tokens, so that no timed round meets a KV
-length for the first time (a first decode step at a new length costs more on some GPUs). The timed rounds then run under `torch.compiler.set_stance("eager_on_recompile")`: a
-step whose guards fail runs eagerly instead of compiling for minutes, and the `late compiles` column shows where
-that happens (frames compiled by decode steps 3 and later of the warm-up generation; 0 for a model that does not
-recompile per step).
+length for the first time (a first decode step at a new length costs more on some GPUs). The timed rounds then run
+under `torch.compiler.set_stance("eager_on_recompile")`: a step whose guards fail runs eagerly instead of compiling
+for minutes, and the `late compiles` column shows where that happens (frames compiled by decode steps 3 and later of
+the warm-up generation; 0 for a model that does not recompile per step).
 
 Every round runs each (configuration, eager | compiled) once, interleaved in an order that rotates from round to
 round; the table reports medians over rounds:

@@ -56,7 +56,9 @@ class StepClock(LogitsProcessor):
         return scores
 
 
-def timed_generate(model, inputs, new_tokens: int, device: torch.device) -> dict[str, float]:
+def timed_generate(model, inputs, new_tokens: int, device: torch.device, steps: bool = False) -> dict:
+    """One greedy generation of exactly `new_tokens` tokens: TTFT ms, decode tok/s, on CUDA the peak MiB above what
+    was allocated before, and with `steps` the ms of each decode step (`step_ms`)."""
     clock = StepClock(device)
     peak_before = None
     if device.type == "cuda":
@@ -74,6 +76,8 @@ def timed_generate(model, inputs, new_tokens: int, device: torch.device) -> dict
         result["decode"] = out.shape[0] * (new_tokens - 1) / (clock.times[-1] - clock.times[0])
     if peak_before is not None:
         result["peak"] = (torch.cuda.max_memory_allocated(device) - peak_before) / 2**20
+    if steps:
+        result["step_ms"] = [(b - a) * 1e3 for a, b in zip(clock.times, clock.times[1:])]
     return result
 
 

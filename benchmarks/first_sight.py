@@ -26,9 +26,8 @@ from contextlib import nullcontext
 import real_size
 import torch
 from _common import print_table
-from decode_speed import StepClock
+from decode_speed import timed_generate
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import LogitsProcessorList
 
 BACKENDS = {
     "default": None,
@@ -45,15 +44,12 @@ def device_allocations(device: torch.device) -> int | None:
 
 
 def step_times(model, input_ids: torch.Tensor, new_tokens: int, device: torch.device) -> tuple[list[float], int | None]:
-    """One greedy generation: the ms of each decode step (the first token's logits excluded: the prefill) and the
-    device allocations it made."""
-    clock = StepClock(device)
+    """One greedy generation: the ms of each decode step and the device allocations it made."""
     before = device_allocations(device)
-    model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
-                   min_new_tokens=new_tokens, do_sample=False, logits_processor=LogitsProcessorList([clock]),
-                   pad_token_id=0)
+    result = timed_generate(model, {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}, new_tokens,
+                            device, steps=True)
     after = device_allocations(device)
-    return [(b - a) * 1e3 for a, b in zip(clock.times, clock.times[1:])], None if before is None else after - before
+    return result["step_ms"], None if before is None else after - before
 
 
 def main(argv=None) -> list[dict]:
