@@ -480,7 +480,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     eval_samples = _train_eval_samples(args, eval_sources)
     _quiet_transformers()
 
-    from vtc.training.run import RunSpec, train_run
+    from vtc.training.run import RunSpec, end_distributed, train_run
 
     spec = RunSpec(
         model=str(args.model) if isinstance(args.model, Path) else REFERENCE_PREFIX + args.model,
@@ -502,24 +502,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(_train_report(args, record, evaluated=bool(eval_samples)))
         finished = True
     finally:
-        _end_distributed(wait_for_every_process=finished)
+        end_distributed(wait_for_every_process=finished)
     return 0
-
-
-def _end_distributed(*, wait_for_every_process: bool) -> None:
-    """Destroy the process group a multi-process run set up, while the interpreter is still whole: Gloo's worker
-    threads, left to the interpreter's shutdown, can abort a process whose run succeeded ("terminate called without
-    an active exception"). The command owns its process, so nothing communicates after it.
-
-    After a successful run every process first waits for the others (rank 0 still writes its report while the rest
-    are done): a process that tears its connections down while a peer still holds them open can abort the same way.
-    After a failure it does not wait: the peers may never arrive."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        if wait_for_every_process:
-            dist.barrier()
-        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------------------- arguments

@@ -169,5 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_and_end(argv: list[str] | None = None) -> int:
+    """`main`, then the process group torn down as `vtc train` does (a process left to tear it down at exit can
+    abort after a successful run)."""
+    from vtc.training.run import end_distributed
+
+    finished = False
+    try:
+        code = main(argv)
+        finished = True
+        return code
+    finally:
+        end_distributed(wait_for_every_process=finished)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_and_end())

@@ -191,6 +191,22 @@ def train_run(spec: RunSpec, train_samples: Sequence[Sample], eval_samples: Sequ
     return {**record, "stage": spec.stage, "model": model, "processor": processor, "trainer": trainer}
 
 
+def end_distributed(*, wait_for_every_process: bool) -> None:
+    """Destroy the process group a multi-process run set up, while the interpreter is still whole: Gloo's worker
+    threads, left to the interpreter's shutdown, can abort a process whose run succeeded ("terminate called without
+    an active exception"). Call it last, where the program owns its process (the CLI, a script under torchrun).
+
+    After a successful run every process first waits for the others (rank 0 still writes its report while the rest
+    are done): a process that tears its connections down while a peer still holds them open can abort the same way.
+    After a failure it does not wait: the peers may never arrive."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if wait_for_every_process:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(record, default=lambda value: asdict(value) if hasattr(value, "__dataclass_fields__")
                                  else str(value)))
