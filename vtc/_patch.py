@@ -78,6 +78,9 @@ class MethodOverride:
     implementation as `functools.partial(function, owner)`: dynamo rebuilds a bound method it made during tracing as
     `getattr(owner, name)` after a graph break, which here is the override itself. The partial has the bound method's
     signature and result, not its `__self__`; only processor-side overrides, which are never compiled, read that.
+    It is made once per override, not per call: an implementation compiled as a frame of its own (after a graph break
+    in its caller) is guarded on the identity of its `original`, and a new object per call would recompile it on
+    every call.
 
     With a `ledger` and `suspendable`, the override calls the original directly while the ledger is suspended in
     the calling thread (`PatchLedger.suspended`).
@@ -103,11 +106,14 @@ class MethodOverride:
                 self._class_attribute = inspect.getattr_static(type(self.owner), self.name)
             except AttributeError:
                 pass
+        attribute = self._class_attribute
+        self._traced_original = (functools.partial(attribute, self.owner)
+                                 if isinstance(attribute, types.FunctionType) else None)
 
-    # The class attribute is re-resolved on load, never pickled: a function is pickled by its qualified name, which
-    # a decorated method does not always resolve to.
+    # The class attribute (and the partial of it) is re-resolved on load, never pickled: a function is pickled by its
+    # qualified name, which a decorated method does not always resolve to.
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_class_attribute"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_class_attribute", "_traced_original")}
 
     def __setstate__(self, values: dict[str, Any]) -> None:
         self.__dict__.update(values)
@@ -125,9 +131,8 @@ class MethodOverride:
 
     def _callable_original(self) -> Callable[..., Any]:
         """What the call hands on: `original`, or under `torch.compile` a partial in place of a bound class function."""
-        attribute = self._class_attribute
-        if self.previous is MISSING and isinstance(attribute, types.FunctionType) and torch.compiler.is_compiling():
-            return functools.partial(attribute, self.owner)
+        if self._traced_original is not None and torch.compiler.is_compiling():
+            return self._traced_original
         return self.original
 
     @property

@@ -19,7 +19,7 @@ from .config import VTCConfig
 from .errors import PlaceholderMismatchError
 from .layout import BatchLayout
 
-__all__ = ["STATE_ATTR", "CallState", "VTCState", "call_arguments", "forward_arguments", "install_instrumentation"]
+__all__ = ["STATE_ATTR", "CallState", "ForwardArguments", "VTCState", "call_arguments", "install_instrumentation"]
 
 STATE_ATTR = "_vtc_state"
 
@@ -109,26 +109,22 @@ def call_arguments(function: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return {**bound.pop("kwargs", {}), **bound}
 
 
-def forward_arguments(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """The arguments of a forward hook's call by parameter name, `**kwargs` flattened in: its positional arguments
-    named after the class's `forward` (read once per class), then its keyword arguments. A hook runs on every forward
-    and decode step: this is a dict, where binding a signature costs tens of microseconds."""
-    return {**dict(zip(_positional_parameters(type(module).forward), args)), **kwargs}
+class ForwardArguments:
+    """The arguments of a forward hook's call on one module by parameter name, `**kwargs` flattened in: the
+    positional ones named after the module's `forward` (read once, when the hook is installed), then the keyword ones.
 
+    A hook runs on every forward and decode step: zipping names into a dict costs a microsecond where binding a
+    signature costs tens. The names live with the hook, not in a module-level cache: `torch.compile` guards on a
+    global dict's length, so one that grows when another model is hooked would recompile every compiled model."""
 
-# Class functions only (caching bound methods would keep models alive). A plain dict, not `functools.lru_cache`:
-# `torch.compile` traces through an lru_cache's wrapper and warns that it ignores it.
-_POSITIONAL_PARAMETERS: dict[Any, tuple[str, ...]] = {}
-
-
-def _positional_parameters(forward: Any) -> tuple[str, ...]:
-    """The names a positional argument of `module(...)` can bind to, in order (`self` excluded)."""
-    names = _POSITIONAL_PARAMETERS.get(forward)
-    if names is None:
+    def __init__(self, module: torch.nn.Module):
+        forward = type(module).forward
         positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        parameters = list(inspect.signature(forward).parameters.values())[1:]
-        names = _POSITIONAL_PARAMETERS[forward] = tuple(p.name for p in parameters if p.kind in positional)
-    return names
+        parameters = list(inspect.signature(forward).parameters.values())[1:]  # `self` excluded
+        self.positional = tuple(p.name for p in parameters if p.kind in positional)
+
+    def __call__(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        return {**dict(zip(self.positional, args)), **kwargs}
 
 
 def _cache_is_empty(cache: Any) -> bool:
@@ -205,8 +201,9 @@ def _record_prefill(state, bound, image_inputs) -> ForwardRecord:
 class _Instrumentation:
     """The recording wrapper and hooks of one compressed model (bound methods: copyable and picklable)."""
 
-    def __init__(self, state: VTCState):
+    def __init__(self, state: VTCState, base: torch.nn.Module):
         self.state = state
+        self.forward_arguments = ForwardArguments(base)
 
     def get_image_features(self, original, *args, **kwargs):
         call = self.state.call
@@ -214,9 +211,9 @@ class _Instrumentation:
             call.pending_image_inputs = self.state.adapter.image_inputs_from(call_arguments(original, *args, **kwargs))
         return original(*args, **kwargs)
 
-    def before_forward(self, module, args, kwargs):
+    def before_forward(self, _module, args, kwargs):
         adapter, call = self.state.adapter, self.state.call
-        bound = forward_arguments(module, args, kwargs)
+        bound = self.forward_arguments(args, kwargs)
         # A layout only where pixels are given: `image_sizes` alone (e.g. an `inputs_embeds` forward) is text-only,
         # as it is to the model itself.
         given = bound.get("pixel_values") is not None
@@ -259,7 +256,7 @@ def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
     adapter, ledger = state.adapter, state.ledger
     base = adapter.base_model
     state.num_decoder_layers = len(adapter.decoder_layers)
-    instrumentation = _Instrumentation(state)
+    instrumentation = _Instrumentation(state, base)
     ledger.replace_method(base, "get_image_features", instrumentation.get_image_features)
     ledger.add_forward_pre_hook(base, instrumentation.before_forward, "record image inputs", with_kwargs=True)
     ledger.add_forward_hook(base, instrumentation.after_forward, "close forward record", with_kwargs=True,

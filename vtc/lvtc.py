@@ -33,7 +33,7 @@ from torch import nn
 from torch.profiler import record_function
 from transformers.masking_utils import create_causal_mask
 
-from ._state import forward_arguments
+from ._state import ForwardArguments
 from ._structure_cache import StructureCache
 from .config import LVTCConfig
 from .errors import ConfigError, UnsupportedModelError
@@ -150,8 +150,9 @@ class _Controller:
     structure determines, keyed by the whole structure."""
 
     def __init__(self, state: Any, config: LVTCConfig, compress_layer: int, restore_layer: int | None,
-                 gate: nn.Parameter | None):
+                 gate: nn.Parameter | None, language_model: nn.Module):
         self.state, self.config, self.gate = state, config, gate
+        self.forward_arguments = ForwardArguments(language_model)
         self.compress_layer, self.restore_layer = compress_layer, restore_layer
         self.structures = StructureCache()
 
@@ -160,8 +161,8 @@ class _Controller:
         return self.state.call.lvtc
 
     # -------------------------------------------------------------------------------------------- language model
-    def begin_forward(self, module, args, kwargs):
-        bound = forward_arguments(module, args, kwargs)
+    def begin_forward(self, _module, args, kwargs):
+        bound = self.forward_arguments(args, kwargs)
         mask, cache = bound.get("attention_mask"), bound.get("past_key_values")
         _check_attention_mask(mask)
         _check_cache(cache)
@@ -471,7 +472,7 @@ def install(model: nn.Module, state: Any) -> None:
         reference = next(language_model.parameters())
         gate = nn.Parameter(torch.zeros((), dtype=reference.dtype, device=reference.device))
         ledger.set_attr(language_model, GATE_NAME, gate)
-    controller = _Controller(state, config, k, restore_layer, gate)
+    controller = _Controller(state, config, k, restore_layer, gate, language_model)
     ledger.set_attr(state, "lvtc_prefill_structure", controller.prefill_structure)
     last = len(layers) if restore_layer is None else restore_layer
 

@@ -238,3 +238,26 @@ def test_inductor_prefill_matches_eager():
             assert vtc.last_stats(model)["layer_seq_lens"][1] < inputs["input_ids"].shape[1]  # LVTC did compress
     finally:
         torch._dynamo.reset()
+
+
+def test_a_model_compiled_before_its_first_call_recompiles_nothing_later():
+    """`torch.compile(model)` before the first call (transformers installs its output-capturing hooks then, under a
+    lock dynamo breaks the graph at), PVTC: later prefills compile nothing, also after another model of the same
+    classes is compressed with LVTC. Two ways this failed: the original a method override hands its implementation
+    was a new object per call, on which dynamo guarded, so every prefill recompiled PVTC's `get_image_features`; and
+    a module-level cache that grew per hooked class made dynamo guard on its length."""
+    model, inputs = _setup("llava", CONFIGS["pvtc"])
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            compiled = torch.compile(model, backend="eager")
+            compiled(**inputs)  # the first call on this thread creates its call state: the second compiles again
+            expected = compiled(**inputs).logits
+            with torch.compiler.set_stance("fail_on_recompile"):
+                compiled(**inputs)
+            other, other_inputs = _setup("llava", CONFIGS["lvtc"])  # LVTC hooks the language model's class
+            other(**other_inputs)
+            with torch.compiler.set_stance("fail_on_recompile"):
+                torch.testing.assert_close(compiled(**inputs).logits, expected, atol=0, rtol=0)
+    finally:
+        torch._dynamo.reset()

@@ -228,7 +228,8 @@ def test_cached_structure_equals_the_uncached_builders(case, ratio, data):
     attn = data.draw(st.sampled_from(["sdpa", "eager"]))
     controller = lvtc_module._Controller(state=_text_config_state(attn),
                                          config=vtc.LVTCConfig(ratio=ratio, restore="add"),
-                                         compress_layer=0, restore_layer=1, gate=None)
+                                         compress_layer=0, restore_layer=1, gate=None,
+                                         language_model=torch.nn.Identity())  # only its forward's signature is read
     for _ in range(2):  # a miss, then a hit: both equal the uncached builders
         structure = controller._build_structure(layout, seq_len, mask.clone(), mask, torch.device("cpu"),
                                                 torch.float32)
