@@ -214,20 +214,25 @@ class _Instrumentation:
     def before_forward(self, _module, args, kwargs):
         adapter, call = self.state.adapter, self.state.call
         bound = self.forward_arguments(args, kwargs)
-        # A layout only where pixels are given: `image_sizes` alone (e.g. an `inputs_embeds` forward) is text-only,
-        # as it is to the model itself.
-        given = bound.get("pixel_values") is not None
-        image_inputs = adapter.image_inputs_from(bound) if given else (call.pending_image_inputs or {})
         # generate passes the features it computed before the prefill as `mm_encoder_outputs` to every forward that
         # reads them (each step when use_cache=False); the inputs it computed them from describe all those forwards.
-        if bound.get("mm_encoder_outputs") is None:
-            call.pending_image_inputs = None
+        # Anything else ends them (written, not read, here: under torch.compile a read would be guarded on, and a
+        # decode step that meets them left over from its prefill would compile apart from the steps after it).
+        keeps_pending = bound.get("mm_encoder_outputs") is not None
         if not _cache_is_empty(bound.get("past_key_values")):
+            if not keeps_pending:
+                call.pending_image_inputs = None
             if call.last is not None:
                 call.last.decode_steps.add_(1)
             call.recording = None
             call.in_forward = True
             return None
+        # A layout only where pixels are given: `image_sizes` alone (e.g. an `inputs_embeds` forward) is text-only,
+        # as it is to the model itself.
+        given = bound.get("pixel_values") is not None
+        image_inputs = adapter.image_inputs_from(bound) if given else (call.pending_image_inputs or {})
+        if not keeps_pending:
+            call.pending_image_inputs = None
         record = _record_prefill(self.state, bound, image_inputs)
         call.recording = record
         call.in_forward = True  # set last: a pre-hook that raised never reaches the always-called closing hook

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from ._compile_guards import require_hook_guards
 from ._patch import PatchLedger
 from ._state import STATE_ATTR, VTCState, install_instrumentation
 from .config import VTCConfig
@@ -79,6 +80,10 @@ def compress(model: nn.Module, config: VTCConfig, processor: Any = None) -> nn.M
         ConfigError: `config` is invalid, or invalid for this model.
         UnsupportedModelError: the model's family or class is not supported.
         UnsupportedVersionError: the installed transformers is outside the tested range.
+
+    Under `torch.compile`: the first `compress` in a process sets `torch._dynamo.config.skip_nnmodule_hook_guards`
+    to False and resets dynamo, so that code compiled for a module without vtc's hooks never runs one with them
+    (see `vtc/_compile_guards.py`); compiled models recompile once.
     """
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"vtc.compress expects a torch nn.Module, got {type(model).__name__}")
@@ -116,6 +121,7 @@ def compress(model: nn.Module, config: VTCConfig, processor: Any = None) -> nn.M
     except BaseException:
         ledger.rollback()
         raise
+    require_hook_guards()  # compiled code that ignores the new hooks must not run this model
     return model
 
 
