@@ -5,18 +5,20 @@ Qwen2-0.5B-sized decoder, random weights), one image and 64 text tokens per prom
 `--text-layers` shrink it for a CPU run. Configurations: the instrumented model without compression (`baseline`),
 then for each ratio in `--ratios` PVTC, LVTC (`compress_layer=2`, `restore_layer=-2`) and PVTC + LVTC.
 
-Each configuration is a deep copy of the model, compressed once. Its compiled variant has
-`forward = torch.compile(forward)` (default mode, `--backend`, inductor unless told), which `generate` calls too; its
-eager variant is the same copy without it. Warm-up, per configuration: a prefill and a `generate` of
+Each configuration is a deep copy of the model, compressed once, compiled and timed on its own (dynamo reset
+before it): configurations of one model class compiled in one process would share dynamo's cache, and each call would
+first test the other configurations' compiled code, a cost that a process with one compiled model does not pay. Its
+compiled variant has `forward = torch.compile(forward)` (default mode, `--backend`, inductor unless told), which
+`generate` calls too; its eager variant is the same copy without it. Warm-up: a prefill and a `generate` of
 `--warmup-tokens` tokens compile what the timed rounds need (the prefill, the first decode step, then the growing
 cache length made dynamic); then an eager `generate` of `--new-tokens` tokens, so that no timed round meets a KV
-length for the first time (a first decode step at a new length costs more on some GPUs). The timed rounds then run
-under `torch.compiler.set_stance("eager_on_recompile")`: a step whose guards fail runs eagerly instead of compiling
-for minutes, and the `late compiles` column shows where that happens (frames compiled by decode steps 3 and later of
-the warm-up generation; 0 for a model that does not recompile per step).
+length for the first time (a first decode step at a new length costs more on some GPUs). The `late compiles` column
+counts the frames compiled by decode steps 3 and later of the warm-up generation (0 for a model that does not
+recompile per step). The timed rounds run under `torch.compiler.set_stance("fail_on_recompile")`: a timed call that
+would compile stops the run with dynamo's reasons instead of timing a compilation.
 
-Every round runs each (configuration, eager | compiled) once, interleaved in an order that rotates from round to
-round; the table reports medians over rounds:
+Each of `--repeats` rounds runs a prefill and a generation eagerly and compiled (which first alternates from round
+to round); the table reports medians over rounds:
 
 * prefill ms: one forward over the prompt (vision tower included), `use_cache=True, logits_to_keep=1`;
 * decode tok/s: greedy `generate` of `--new-tokens` tokens, batch x (new tokens - 1) over the time from the first
@@ -98,6 +100,45 @@ def warmup_generate(variant: Variant, inputs, new_tokens: int) -> list[int]:
     return steps.frames
 
 
+def warm_up(variant: Variant, inputs, args, device: torch.device) -> dict:
+    """Compile the configuration (its prefill, checked against eager, and a generation's decode steps), then meet
+    the timed generations' KV lengths eagerly once (a first decode step at a new length costs more on some GPUs)."""
+    breaks_before = collections.Counter(torch._dynamo.utils.counters["graph_break"])
+    _, eager_logits = timed_prefill(variant.model, inputs, device)
+    start = time.perf_counter()
+    variant.compiled(True)
+    _, compiled_logits = timed_prefill(variant.model, inputs, device)
+    graphs = variant.counter.frame_count
+    frames = warmup_generate(variant, inputs, args.warmup_tokens)  # compiles the decode steps
+    variant.compiled(False)
+    warm = {
+        "graphs": graphs, "compile s": time.perf_counter() - start, "late compiles": frames[-1] - frames[2],
+        "diff": (compiled_logits.float() - eager_logits.float()).abs().max().item(),
+        "breaks": collections.Counter(torch._dynamo.utils.counters["graph_break"]) - breaks_before,
+    }
+    timed_generate(variant.model, inputs, args.new_tokens, device)
+    return warm
+
+
+def timed_rounds(variant: Variant, inputs, args, device: torch.device) -> dict[str, list[dict[str, float]]]:
+    """`--repeats` rounds of a prefill and a generation, eager and compiled in turn (which first alternates).
+
+    Under `fail_on_recompile`: a timed call that would compile stops the run with dynamo's reasons, rather than
+    timing a compilation or, under `eager_on_recompile`, silently timing eager code as compiled."""
+    runs: dict[str, list[dict[str, float]]] = {"eager": [], "compiled": []}
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for round_ in range(args.repeats):
+            for mode in ("eager", "compiled") if round_ % 2 == 0 else ("compiled", "eager"):
+                variant.compiled(mode == "compiled")
+                try:
+                    prefill_ms, _ = timed_prefill(variant.model, inputs, device)
+                    decode = timed_generate(variant.model, inputs, args.new_tokens, device)
+                finally:
+                    variant.compiled(False)
+                runs[mode].append({"prefill": prefill_ms, "decode": decode["decode"]})
+    return runs
+
+
 def parse_args(argv=None):
     """The command line, checked: the LVTC layers must exist in a decoder of `--text-layers` layers."""
     parser = parser_with_common_options(__doc__)
@@ -124,7 +165,7 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    # One cache entry per configuration and shape lives on the same code objects: keep them all.
+    # A configuration's prefill, first decode step and dynamic decode steps each take cache entries; keep them all.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     torch._logging.set_logs(recompiles=True)  # a graph count above the baseline's may be a recompile, not a break
     model = build_model(args.device, dtype, args.attn, vision_layers=args.vision_layers, text_layers=args.text_layers)
@@ -141,42 +182,19 @@ def main(argv=None) -> None:
     pvtc_ratio = {name: cfg.pvtc.ratio if cfg.pvtc else None for name, cfg in configs.items()}
     inputs = {name: make_inputs(pvtc_ratio[name], args.batch, args.device, dtype) for name in names}
 
-    torch._dynamo.reset()
-    variants: dict[str, Variant] = {}
-    warm: dict[str, dict[str, float]] = {}
+    warm: dict[str, dict] = {}
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
     with torch.inference_mode():
-        for name in names:  # warm-up: compile every configuration and check its prefill against eager
-            breaks_before = collections.Counter(torch._dynamo.utils.counters["graph_break"])
-            variant = variants[name] = Variant(model, configs[name], args.backend)
-            _, eager_logits = timed_prefill(variant.model, inputs[name], device)
-            start = time.perf_counter()
-            variant.compiled(True)
-            _, compiled_logits = timed_prefill(variant.model, inputs[name], device)
-            graphs = variant.counter.frame_count
-            frames = warmup_generate(variant, inputs[name], args.warmup_tokens)  # compiles the decode steps
-            variant.compiled(False)
-            warm[name] = {
-                "graphs": graphs, "compile s": time.perf_counter() - start, "late compiles": frames[-1] - frames[2],
-                "diff": (compiled_logits.float() - eager_logits.float()).abs().max().item(),
-                "breaks": collections.Counter(torch._dynamo.utils.counters["graph_break"]) - breaks_before,
-            }
-            # the eager variant's first generation at the timed length: the KV lengths the rounds meet are then
-            # no longer new to the process (a first decode step at a new length costs more on some GPUs)
-            timed_generate(variant.model, inputs[name], args.new_tokens, device)
+        for name in names:
+            # Alone: configurations of one model class compiled in one process share dynamo's cache, so each call
+            # would first test the others' entries, a cost a process with one compiled model does not pay.
+            torch._dynamo.reset()
+            variant = Variant(model, configs[name], args.backend)
+            warm[name] = warm_up(variant, inputs[name], args, device)
+            for mode, rounds in timed_rounds(variant, inputs[name], args, device).items():
+                runs[name, mode] = rounds
+            del variant
         del model
-
-        runs = {(name, mode): [] for name in names for mode in ("eager", "compiled")}
-        order = [(name, mode) for name in names for mode in ("eager", "compiled")]
-        with torch.compiler.set_stance("eager_on_recompile"):
-            for round_ in range(args.repeats):
-                shift = round_ % len(order)
-                for name, mode in order[shift:] + order[:shift]:
-                    variant = variants[name]
-                    variant.compiled(mode == "compiled")
-                    prefill_ms, _ = timed_prefill(variant.model, inputs[name], device)
-                    decode = timed_generate(variant.model, inputs[name], args.new_tokens, device)
-                    variant.compiled(False)
-                    runs[name, mode].append({"prefill": prefill_ms, "decode": decode["decode"]})
 
     def median(name: str, mode: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[name, mode])
