@@ -29,11 +29,12 @@ PVTC = vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4))
 
 
 @pytest.fixture(autouse=True)
-def fresh_process(monkeypatch):
-    """Dynamo as in a process that has compressed nothing yet: nothing compiled, torch's default settings."""
+def fresh_process():
+    """Dynamo as in a process that has compressed nothing yet: nothing compiled, torch's default settings (restored
+    afterwards to what they were)."""
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "skip_nnmodule_hook_guards", True)
-    yield
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=True):
+        yield
     torch._dynamo.reset()
 
 
