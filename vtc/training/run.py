@@ -198,12 +198,19 @@ def end_distributed(*, wait_for_every_process: bool) -> None:
 
     After a successful run every process first waits for the others (rank 0 still writes its report while the rest
     are done): a process that tears its connections down while a peer still holds them open can abort the same way.
-    After a failure it does not wait: the peers may never arrive."""
+    After a failure it does not wait: the peers may never arrive.
+
+    What still holds the group goes first: a DDP-wrapped model in a reference cycle (a Trainer and its model hold
+    several) lives until the cyclic garbage collector runs, which may be during the interpreter's shutdown, and Gloo
+    then aborts the same way when that model's reducer lets go of the group."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         if wait_for_every_process:
             dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 
