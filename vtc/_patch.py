@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._compile_guards import compiled_only_inlined
+
 __all__ = ["GuardedHook", "MethodOverride", "PatchLedger"]
 
 
@@ -164,6 +166,7 @@ class GuardedHook:
     def __init__(self, ledger: PatchLedger, hook: Callable[..., Any]):
         self.ledger, self.hook = ledger, hook
 
+    @compiled_only_inlined  # part of a compiled caller's graph, never a graph of its own
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.ledger.is_suspended:
             return None
