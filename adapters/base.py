@@ -22,7 +22,7 @@ from packaging.version import Version
 from torch import nn
 from transformers.utils import ModelOutput
 
-from vtc._patch import PatchLedger
+from vtc.patch import PatchLedger
 from vtc.errors import InputError, PlaceholderMismatchError, UnsupportedModelError, UnsupportedVersionError
 from vtc.layout import BatchLayout, SampleLayout, VisualSpan
 from vtc.ops import pooled_grid
@@ -354,31 +354,6 @@ class Adapter:
     def image_inputs_from(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """The image-describing entries of a processor output or of a forward call's keyword arguments."""
         return {k: inputs[k] for k in self.image_input_keys if inputs.get(k) is not None}
-
-    # ------------------------------------------------------------------------------------------------- inputs
-    @classmethod
-    def example_inputs(cls, processor: Any, image_sizes: Sequence[tuple[int, int]], *, batch: int = 1,
-                       text: str = "Describe the image.") -> Mapping[str, Any]:
-        """Processor outputs for `batch` prompts, each with one synthetic image of the given `(width, height)`
-        (cycled), built with the processor's chat template when it has one."""
-        from ._tiny import tiny_images
-
-        sizes = [image_sizes[i % len(image_sizes)] for i in range(batch)]
-        images = tiny_images(sizes)
-        if getattr(processor, "chat_template", None):
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-            prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        else:
-            prompt = f"{processor.image_token} {text}"
-        return processor(images=[[im] for im in images], text=[prompt] * batch, return_tensors="pt", padding=True)
-
-    # ------------------------------------------------------------------------------------------------- tiny models
-    @classmethod
-    def build_tiny(cls, model_type: str, attn_implementation: str = "sdpa"):
-        """A tiny random model and a real processor of this family, built in memory (tests, `vtc ablate`)."""
-        from ._tiny import build_tiny_model, build_tiny_processor
-
-        return build_tiny_model(model_type, attn_implementation), build_tiny_processor(model_type)
 
     # ------------------------------------------------------------------------------------------------- RVTC
     def rvtc_install(self, state: Any) -> None:

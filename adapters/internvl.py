@@ -18,7 +18,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from vtc._patch import PatchLedger
+from vtc.patch import PatchLedger
 from vtc.config import RVTCConfig
 from vtc.errors import PlaceholderMismatchError, UnsupportedModelError
 from vtc.layout import SampleLayout, VisualSpan

@@ -29,7 +29,7 @@ from transformers.models.llava_next.modeling_llava_next import (
 )
 from transformers.utils import ModelOutput
 
-from vtc._patch import PatchLedger
+from vtc.patch import PatchLedger
 from vtc.config import RVTCConfig
 from vtc.errors import InputError, PlaceholderMismatchError, UnsupportedModelError
 from vtc.layout import SampleLayout, VisualSpan

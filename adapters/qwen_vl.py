@@ -27,7 +27,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDe
 from transformers.utils import ModelOutput
 from transformers.vision_utils import get_vision_window_index
 
-from vtc._patch import PatchLedger
+from vtc.patch import PatchLedger
 from vtc.config import RVTCConfig
 from vtc.errors import ConfigError, InputError, PlaceholderMismatchError, UnsupportedModelError
 from vtc.layout import SampleLayout, VisualSpan

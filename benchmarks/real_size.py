@@ -76,8 +76,8 @@ from torch.overrides import TorchFunctionMode
 from transformers import LlavaConfig, LlavaForConditionalGeneration, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
 import vtc
-from vtc.adapters._tiny import processor_without_video, tiny_images, tiny_tokenizer
-from vtc.bench import _cache_megabytes
+from vtc.testing import processor_without_video, tiny_images, tiny_tokenizer
+from vtc.bench import kv_cache_megabytes
 from vtc.errors import ConfigError
 from vtc.flops import prefill_flops
 from vtc.ops import pooled_grid
@@ -737,7 +737,7 @@ def decode_phase(model, family: Family, rows: list[Row], inputs, new_tokens, rep
                 break
             family.apply(model, row.config)
             out = model(**inputs[row.inputs_key], use_cache=True, logits_to_keep=1)
-            kv[row.name] = _cache_megabytes(out.past_key_values)
+            kv[row.name] = kv_cache_megabytes(out.past_key_values)
             lens[row.name] = (list(vtc.last_stats(model)["layer_seq_lens"]) if row.config is not None else
                               [inputs[row.inputs_key]["input_ids"].shape[1]] * model.config.text_config.num_hidden_layers)
             del out

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import vtc
-from vtc.tasks import synthetic
+from vtc.tasks import synthetic, vocabulary
 from vtc.training.run import RunSpec, train_run
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -83,11 +83,11 @@ def run(args, name: str, config: vtc.VTCConfig, stage: str, steps: int, lr: floa
 def from_scratch(args) -> dict:
     """The reference model's architecture from random weights, trained with and without PVTC r4 (paper init): same
     steps, same samples, every parameter training."""
-    from vtc.adapters._reference import build_reference_model
+    from vtc.testing import build_reference_model
 
     rows = {}
     with tempfile.TemporaryDirectory() as folder:
-        model, processor = build_reference_model(args.family, seed=args.seed)
+        model, processor = build_reference_model(args.family, vocabulary(), seed=args.seed)
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         for name, config in (("uncompressed", vtc.VTCConfig()), ("pvtc-r4-paper", ROWS["pvtc-r4-paper"])):

@@ -79,7 +79,7 @@ def test_table_and_legend_say_what_a_missing_cell_means():
 # ------------------------------------------------------------------------------------------ latency: measure_configs
 def measure_tiny(family, grid, batch=None):
     """`measure_configs` rows of the tiny random model of `family`, one sample per image size by default."""
-    from vtc.adapters._tiny import ablation_image_sizes, build_tiny_model, build_tiny_processor, tiny_batch
+    from vtc.testing import ablation_image_sizes, build_tiny_model, build_tiny_processor, tiny_batch
     from vtc.bench import measure_configs
 
     sizes = ablation_image_sizes(family)

@@ -107,8 +107,8 @@ def test_a_trained_run_joins_its_reference_family_right_after_its_configuration(
 
 def test_a_run_trained_from_a_checkpoint_joins_that_checkpoint_untimed(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from vtc.adapters._tiny import build_tiny_model, build_tiny_processor
-    from vtc.bench import load_checkpoint
+    from vtc.testing import build_tiny_model, build_tiny_processor
+    from vtc.loading import load_checkpoint
 
     checkpoint, out_dir = tmp_path / "tiny-llava", tmp_path / "out"
     build_tiny_model("llava").save_pretrained(checkpoint)
@@ -143,7 +143,7 @@ def refuse_to_build(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("built a model for a command line that is wrong")
 
-    for target in ("vtc.tasks.reference_model", "vtc.bench.load_checkpoint", "vtc.training.trained.load_trained"):
+    for target in ("vtc.tasks.reference_model", "vtc.loading.load_checkpoint", "vtc.training.trained.load_trained"):
         monkeypatch.setattr(target, refuse)
 
 

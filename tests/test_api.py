@@ -6,7 +6,7 @@ from torch import nn
 
 import vtc
 import vtc._state
-from vtc.adapters._tiny import build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
 
 
 @pytest.fixture

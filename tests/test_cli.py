@@ -10,7 +10,7 @@ import torch
 from transformers.utils import is_flash_attn_2_available
 
 import vtc
-from vtc.adapters._tiny import TINY_FAMILIES
+from vtc.testing import TINY_FAMILIES
 from vtc.cli import main
 
 
@@ -26,8 +26,8 @@ def test_info_lists_families_versions_and_backends(capsys):
 def test_make_tiny_writes_a_folder_that_loads_as_the_tiny_model_and_processor(family, tmp_path, capsys):
     from transformers import AutoModelForImageTextToText
 
-    from vtc.adapters._tiny import build_tiny_model, build_tiny_processor, tiny_batch
-    from vtc.bench import load_processor
+    from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
+    from vtc.loading import load_processor
 
     folder = tmp_path / "tiny"
     assert main(["make-tiny", family, str(folder), "--seed", "3"]) == 0
@@ -127,13 +127,13 @@ def test_version(capsys):
 @pytest.fixture
 def nothing_is_built(refuse_calls):
     """Records every attempt to build a tiny model or to measure; each attempt fails."""
-    return refuse_calls("vtc.adapters._tiny.build_tiny_model", "vtc.bench.measure_configs", "vtc.evaluate",
+    return refuse_calls("vtc.testing.build_tiny_model", "vtc.bench.measure_configs", "vtc.evaluate",
                         "vtc.ablate.evaluate_grid", "vtc.tasks.reference_model")
 
 
 @pytest.fixture(scope="module")
 def tiny_config_json():
-    from vtc.adapters._tiny import build_tiny_model
+    from vtc.testing import build_tiny_model
 
     return build_tiny_model("qwen2_vl").config.to_json_string()
 

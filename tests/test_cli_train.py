@@ -317,7 +317,7 @@ def test_resume_continues_from_the_latest_checkpoint_or_the_one_given(pvtc_json,
 @pytest.fixture
 def nothing_is_built(refuse_calls):
     """Records every attempt to load a model or to train; each attempt fails."""
-    return refuse_calls("vtc.training.run.train_run", "vtc.bench.load_checkpoint", "vtc.bench.load_model",
+    return refuse_calls("vtc.training.run.train_run", "vtc.loading.load_checkpoint", "vtc.loading.load_model",
                         "vtc.tasks.reference_model")
 
 

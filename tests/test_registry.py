@@ -9,7 +9,7 @@ import pytest
 
 import vtc
 import vtc.adapters
-from vtc.adapters._tiny import TINY_FAMILIES, build_tiny_model
+from vtc.testing import TINY_FAMILIES, build_tiny_model
 from vtc.adapters.base import Adapter
 from vtc.registry import _REGISTRY, get_adapter, get_adapter_class, register_adapter
 

@@ -22,7 +22,9 @@ from .errors import (
 from .evaluate import EvalResult, evaluate
 from .pvtc import PVTCProjector
 from .registry import register_adapter, supported_models
-from .training import load_pretrained, load_trained, mark_only_vtc_trainable, save_pretrained
+from .checkpoint import mark_only_vtc_trainable
+from .pretrained import load_pretrained, save_pretrained
+from .training import load_trained
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ._patch import PatchLedger
+from .patch import PatchLedger
 from .config import VTCConfig
 from .errors import PlaceholderMismatchError
 from .layout import BatchLayout

@@ -203,7 +203,7 @@ class TrainedRun:
             ValueError: it is not a run folder (no `vtc_config.json`), or a file in it does not parse; the message
                 says which and what to give instead.
         """
-        from .training.checkpoint import CONFIG_NAME
+        from .checkpoint import CONFIG_NAME
         from .training.trained import TRAINING_RECORD, run_stage
 
         folder = Path(folder)

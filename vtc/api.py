@@ -20,8 +20,9 @@ from typing import Any
 from torch import nn
 
 from ._compile_guards import require_hook_guards
-from ._patch import PatchLedger
+from .patch import PatchLedger
 from ._state import STATE_ATTR, VTCState, install_instrumentation
+from .checkpoint import CheckpointWriter
 from .config import VTCConfig
 from .errors import ConfigError, UnsupportedModelError
 from .registry import get_adapter
@@ -113,8 +114,6 @@ def compress(model: nn.Module, config: VTCConfig, processor: Any = None) -> nn.M
         # lengths), and the components' own hooks run first.
         install_instrumentation(model, state)
         if callable(getattr(model, "save_pretrained", None)):
-            from .training import CheckpointWriter
-
             # not suspendable: saving inside `vtc.disabled` still writes a clean backbone and the vtc files
             ledger.replace_method(model, "save_pretrained", CheckpointWriter(state).save_pretrained,
                                   suspendable=False)

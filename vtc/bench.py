@@ -5,18 +5,13 @@ times each configuration once), so that slow drifts of the machine (thermal, oth
 Latency is the median over rounds. FLOPs come from `vtc.flops` with the per-layer lengths the model really ran.
 A configuration that cannot apply to the model (`vtc.compress` raises `ConfigError`, e.g. RVTC on a model with one
 fixed resolution) is not measured: its row says why it was skipped.
-
-`load_checkpoint` loads a local checkpoint folder (nothing is downloaded) for such a measurement, including the
-processors of families with videos where transformers cannot build their video processor (see `load_processor`).
 """
 
 from __future__ import annotations
 
-import inspect
-import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,86 +22,11 @@ from .api import compress, last_stats, unpatch
 from .config import VTCConfig
 from .errors import ConfigError
 from .flops import prefill_flops
-from .registry import get_adapter, get_adapter_class
+from .registry import get_adapter
 
-__all__ = ["AblationRow", "load_checkpoint", "load_processor", "measure_configs"]
+__all__ = ["AblationRow", "example_inputs", "kv_cache_megabytes", "measure_configs"]
 
 InputsFn = Callable[[Any], Mapping[str, Any]]
-
-# The sub-processors of a processor that takes images and videos, as every supported family with videos has.
-_IMAGE_AND_VIDEO_SUB_PROCESSORS = {"image_processor", "tokenizer", "video_processor"}
-
-
-def load_processor(path: str | os.PathLike) -> Any:
-    """The processor saved in the local checkpoint folder `path`, as `AutoProcessor.from_pretrained(path,
-    local_files_only=True)` loads it, and also where transformers cannot build its video processor.
-
-    transformers' video processors need torchvision, which vtc does not require; and a folder written by
-    `vtc make-tiny` has no video processor at all (`"video_processor": null`). In either case the family's processor
-    is built from the folder's image processor, tokenizer and settings, without a video processor: it takes images
-    only.
-    """
-    import transformers
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, ProcessorMixin
-    from transformers.utils import is_torchvision_available
-
-    from .adapters._tiny import processor_without_video
-
-    settings, _ = ProcessorMixin.get_processor_dict(path, local_files_only=True)
-    processor_class = getattr(transformers, settings.get("processor_class") or _default_processor_class(path), None)
-    saved_without_video = "video_processor" in settings and settings["video_processor"] is None
-    if (processor_class is None or set(processor_class.get_attributes()) != _IMAGE_AND_VIDEO_SUB_PROCESSORS
-            or (is_torchvision_available() and not saved_without_video)):
-        return AutoProcessor.from_pretrained(path, local_files_only=True)
-    parameters = inspect.signature(processor_class.__init__).parameters
-    options = {
-        name: value for name, value in settings.items()
-        if name in parameters and name not in _IMAGE_AND_VIDEO_SUB_PROCESSORS
-        and parameters[name].kind is not inspect.Parameter.VAR_KEYWORD
-    }
-    return processor_without_video(
-        processor_class,
-        image_processor=AutoImageProcessor.from_pretrained(path, local_files_only=True),
-        tokenizer=AutoTokenizer.from_pretrained(path, local_files_only=True),
-        **options,
-    )
-
-
-def _default_processor_class(path: str | os.PathLike) -> str:
-    """The name of the processor class that transformers pairs with the folder's `config.model_type` ('' if none)."""
-    from transformers import AutoConfig
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-
-    return PROCESSOR_MAPPING_NAMES.get(AutoConfig.from_pretrained(path, local_files_only=True).model_type, "")
-
-
-def load_model(
-    path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
-) -> nn.Module:
-    """Load the model (in eval mode) saved in the local checkpoint folder `path`.
-
-    Raises:
-        UnsupportedModelError: vtc has no adapter for the folder's `config.model_type` (checked before the weights
-            are read).
-        OSError, ValueError: transformers cannot load the folder.
-    """
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    get_adapter_class(config.model_type)
-    model = AutoModelForImageTextToText.from_pretrained(
-        path, config=config, local_files_only=True, dtype=dtype, attn_implementation=attn_implementation
-    )
-    return model.eval()
-
-
-def load_checkpoint(
-    path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
-) -> tuple[nn.Module, Any]:
-    """Load the model (in eval mode, `load_model`) and the processor (`load_processor`) saved in the local
-    checkpoint folder `path`."""
-    return load_model(path, dtype=dtype, attn_implementation=attn_implementation), load_processor(path)
-
 
 @dataclass
 class AblationRow:
@@ -133,12 +53,29 @@ class AblationRow:
     skipped: str | None = None
 
 
+def example_inputs(processor: Any, image_sizes: Sequence[tuple[int, int]], *, batch: int = 1,
+                   text: str = "Describe the image.") -> Mapping[str, Any]:
+    """Processor outputs for `batch` prompts, each with one synthetic (seeded noise) image of the given
+    `(width, height)` (cycled), built with the processor's chat template when it has one: what `vtc ablate --model`
+    times."""
+    from vtc.testing import tiny_images
+
+    sizes = [image_sizes[i % len(image_sizes)] for i in range(batch)]
+    images = tiny_images(sizes)
+    if getattr(processor, "chat_template", None):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:
+        prompt = f"{processor.image_token} {text}"
+    return processor(images=[[im] for im in images], text=[prompt] * batch, return_tensors="pt", padding=True)
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _cache_megabytes(cache: Any) -> float:
+def kv_cache_megabytes(cache: Any) -> float:
     """Bytes held by a transformers cache (all layers, keys and values), in MiB."""
     total = 0
     for layer in getattr(cache, "layers", []):
@@ -221,7 +158,7 @@ def measure_configs(
                 _prefill(model, inputs[name])
             output = _prefill(model, inputs[name])
             stats[name] = last_stats(model)
-            cache_mb[name] = _cache_megabytes(output.past_key_values)
+            cache_mb[name] = kv_cache_megabytes(output.past_key_values)
             peak_mb[name] = _peak_memory_mb(model, inputs[name], device)
         for _ in range(repeats):
             for name in names:

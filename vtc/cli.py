@@ -90,7 +90,7 @@ def _load_checkpoint(args: argparse.Namespace):
     """`(model, processor)` of the checkpoint folder `--model`, on `--device` in `--dtype`."""
     import torch
 
-    from vtc.bench import load_checkpoint
+    from vtc.loading import load_checkpoint
 
     try:
         model, processor = load_checkpoint(args.model, dtype=getattr(torch, args.dtype),
@@ -246,17 +246,15 @@ def _measure_latency(args: argparse.Namespace, model, processor, grid, rows) -> 
     from tqdm.auto import tqdm
 
     from vtc import ablate
-    from vtc.bench import measure_configs
-    from vtc.registry import get_adapter_class
+    from vtc.bench import example_inputs, measure_configs
 
-    adapter_cls = get_adapter_class(model.config.model_type)
     sizes = args.image_sizes or [(640, 480)]
     batch = args.batch or len(sizes)
     repeats = args.repeats or DEFAULT_REPEATS
     warmup = DEFAULT_WARMUP if args.warmup is None else args.warmup
 
     def real_inputs(proc):
-        return adapter_cls.example_inputs(proc, sizes, batch=batch)
+        return example_inputs(proc, sizes, batch=batch)
 
     with tqdm(total=len(grid) * repeats, desc="vtc ablate latency", unit="prefill", disable=args.quiet,
               file=sys.stderr) as bar:
@@ -268,7 +266,7 @@ def _measure_latency(args: argparse.Namespace, model, processor, grid, rows) -> 
 
 # ---------------------------------------------------------------------------------------------------------- make-tiny
 def cmd_make_tiny(args: argparse.Namespace) -> int:
-    from vtc.adapters._tiny import build_tiny_model, build_tiny_processor
+    from vtc.testing import build_tiny_model, build_tiny_processor
 
     folder: Path = args.folder
     if folder.exists() and not folder.is_dir():
@@ -288,7 +286,7 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 def _eval_model(source: Path | str):
     """`(model, processor)` for `--model`: a checkpoint folder, or the family of a shipped reference model."""
     from vtc import tasks
-    from vtc.bench import load_checkpoint
+    from vtc.loading import load_checkpoint
 
     if not isinstance(source, Path):
         return tasks.reference_model(source)
@@ -562,7 +560,7 @@ def image_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def tiny_family(text: str) -> str:
-    from vtc.adapters._tiny import TINY_FAMILIES
+    from vtc.testing import TINY_FAMILIES
 
     if text not in TINY_FAMILIES:
         raise argparse.ArgumentTypeError(f"unknown family {text!r}; choose from {', '.join(TINY_FAMILIES)}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vtc
-from vtc.adapters._tiny import TINY_FAMILIES, ablation_image_sizes, build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.testing import TINY_FAMILIES, ablation_image_sizes, build_tiny_model, build_tiny_processor, tiny_batch
 
 ROUNDS = 4
 LVTC = vtc.LVTCConfig(compress_layer=1, restore_layer=3, ratio=4)

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 import vtc
-from vtc.adapters._tiny import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.testing import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
 from vtc.training import CONFIG_NAME, WEIGHTS_NAME
 
 

@@ -8,7 +8,7 @@ import torch
 from references import vtc_hooks
 
 import vtc
-from vtc.adapters._tiny import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.testing import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
 
 ATTENTION = ("sdpa", "eager")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import vtc
-from vtc.adapters._tiny import (
+from vtc.testing import (
     TINY_FAMILIES,
     build_tiny_model,
     build_tiny_processor,

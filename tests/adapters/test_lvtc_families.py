@@ -9,7 +9,7 @@ from references import vtc_hooks
 from transformers.utils import is_flash_attn_2_available
 
 import vtc
-from vtc.adapters._tiny import (
+from vtc.testing import (
     TINY_FAMILIES,
     build_tiny_model,
     build_tiny_processor,

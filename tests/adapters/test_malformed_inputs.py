@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import vtc
-from vtc.adapters._tiny import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.testing import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
 
 TILED = [f for f in TINY_FAMILIES if not f.startswith("qwen")]  # pixel values `(..., 3, 32, 32)`, one per tile
 QWEN = [f for f in TINY_FAMILIES if f.startswith("qwen")]  # pixel values: one row of 3 x 2 x 4 x 4 values per patch

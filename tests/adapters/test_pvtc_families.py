@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vtc
-from vtc.adapters._tiny import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.testing import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
 
 ATTENTION = ("sdpa", "eager")
 
@@ -215,7 +215,7 @@ def test_a_vision_layer_other_than_the_configured_one_is_refused_not_ignored():
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_several_images_in_one_prompt(family):
-    from vtc.adapters._tiny import image_placeholder, tiny_images
+    from vtc.testing import image_placeholder, tiny_images
 
     model, processor = build_tiny_model(family), build_tiny_processor(family)
     vtc.compress(model, vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4)), processor=processor)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from references import vtc_hooks
 
 import vtc
-from vtc.adapters._tiny import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.testing import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
 from vtc.ops import compressed_lengths
 
 NUM_LAYERS = 4  # of every tiny model

@@ -1,4 +1,4 @@
-"""The tiny model zoo (`vtc.adapters._tiny`): real processors and tiny models agree on every placeholder count."""
+"""The tiny model zoo (`vtc.testing`): real processors and tiny models agree on every placeholder count."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import transformers
 from transformers import ProcessorMixin
 
-from vtc.adapters._tiny import (
+from vtc.testing import (
     IMAGE_TOKEN_IDS,
     TINY_FAMILIES,
     build_tiny_model,

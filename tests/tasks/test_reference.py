@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vtc
-from vtc.adapters._reference import REFERENCE_FAMILIES as FAMILIES
+from vtc.testing import REFERENCE_FAMILIES as FAMILIES
 from vtc.tasks import reference_families, reference_model
 from vtc.tasks.reference import reference_path, reference_record
 from vtc.tasks.train_reference import TARGETS, greedy_scores, train

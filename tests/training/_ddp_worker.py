@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import TrainerCallback
 
     import vtc
-    import vtc.bench as bench_module
-    import vtc.training.checkpoint as checkpoint_module
+    import vtc.checkpoint as checkpoint_module
+    import vtc.loading as loading_module
+    import vtc.pretrained as pretrained_module
     import vtc.training.run as run_module
     import vtc.training.trainer as trainer_module
     from vtc.training import vtc_state_dict
@@ -78,22 +79,23 @@ def main(argv: list[str] | None = None) -> int:
 
         return wrapper
 
-    # Count what this rank writes: the vtc files (every writer goes through checkpoint.save_pretrained: the
-    # checkpoint callback, and CheckpointWriter under the Trainer's save_model), the training record, and the
-    # processor's files (train_run saves the processor it loaded, which it imports from vtc.bench at call time).
-    checkpoint_module.save_pretrained = counted("save_pretrained", checkpoint_module.save_pretrained)
-    trainer_module.save_pretrained = checkpoint_module.save_pretrained
+    # Count what this rank writes: the vtc files (every writer goes through checkpoint.write_checkpoint: the
+    # checkpoint callback through vtc.save_pretrained, and CheckpointWriter under the Trainer's save_model), the
+    # training record, and the processor's files (train_run saves the processor it loaded, which it imports from
+    # vtc.loading at call time).
+    checkpoint_module.write_checkpoint = counted("save_pretrained", checkpoint_module.write_checkpoint)
+    pretrained_module.write_checkpoint = checkpoint_module.write_checkpoint
     run_module.write_training_record = counted("training_record", run_module.write_training_record)
     if hasattr(trainer_module, "write_training_record"):  # the checkpoint callback's record
         trainer_module.write_training_record = counted("training_record", trainer_module.write_training_record)
-    load_checkpoint = bench_module.load_checkpoint
+    load_checkpoint = loading_module.load_checkpoint
 
     def load_and_count(*a, **k):
         model, processor = load_checkpoint(*a, **k)
         processor.save_pretrained = counted("processor", processor.save_pretrained)
         return model, processor
 
-    bench_module.load_checkpoint = load_and_count
+    loading_module.load_checkpoint = load_and_count
 
     # The compressor as training starts: the test checks that training moved it, and that the ranks agree on it.
     prepare_stage = run_module.prepare_stage

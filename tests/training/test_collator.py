@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vtc
-from vtc.adapters._tiny import build_tiny_model, build_tiny_processor, processor_without_video, tiny_images
+from vtc.testing import build_tiny_model, build_tiny_processor, processor_without_video, tiny_images
 from vtc.api import get_adapter_of
 from vtc.tasks import Sample, build_prompt
 from vtc.tasks.synthetic import COLOURS

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import vtc
-from vtc.adapters._tiny import build_tiny_model, build_tiny_processor, tiny_images
+from vtc.testing import build_tiny_model, build_tiny_processor, tiny_images
 from vtc.tasks import Sample
 from vtc.training import VTCCollator, lm_loss, prepare_stage
 

@@ -35,8 +35,8 @@ from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import vtc
-from vtc._patch import PatchLedger
-from vtc.adapters._tiny import build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.patch import PatchLedger
+from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
 
 pytestmark = pytest.mark.slow
 

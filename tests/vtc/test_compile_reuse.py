@@ -19,7 +19,7 @@ import torch
 import torch._dynamo
 
 import vtc
-from vtc.adapters._tiny import build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import vtc
-from vtc._patch import PatchLedger
-from vtc.adapters._tiny import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.patch import PatchLedger
+from vtc.testing import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
 
 GENERATE = {"max_new_tokens": 3, "min_new_tokens": 3, "do_sample": False}
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import vtc
-from vtc.adapters._tiny import build_tiny_model, build_tiny_processor, tiny_batch
-from vtc.bench import _cache_megabytes
+from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.bench import kv_cache_megabytes
 from vtc.registry import get_adapter
 
 FAMILIES = ("llava", "qwen2_vl", "internvl")
@@ -35,7 +35,7 @@ def cached_lengths(cache) -> list[int]:
 
 def cache_bytes(cache) -> int:
     total = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
-    assert total / 2**20 == pytest.approx(_cache_megabytes(cache), rel=1e-12)  # the ablation's own counter agrees
+    assert total / 2**20 == pytest.approx(kv_cache_megabytes(cache), rel=1e-12)  # the ablation's own counter agrees
     return total
 
 

@@ -12,7 +12,7 @@ from references import reference_groups
 from transformers import StaticCache
 
 import vtc
-from vtc.adapters._tiny import build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
 from vtc.lvtc import GATE_NAME
 
 NUM_LAYERS = 4

@@ -33,7 +33,7 @@ from transformers import DynamicCache
 import vtc
 from vtc import lvtc as lvtc_module
 from vtc._state import STATE_ATTR
-from vtc.adapters._tiny import build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
 from vtc.ops import cell_mask, compact_mask, group_index
 from vtc.registry import get_adapter
 

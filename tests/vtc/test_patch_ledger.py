@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from vtc._patch import PatchLedger
+from vtc.patch import PatchLedger
 
 
 class Toy(nn.Module):

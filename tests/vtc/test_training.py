@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vtc
-from vtc.adapters._tiny import build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
 
 
 def compressed(family="llava", ratio=4, init="warm"):

@@ -27,7 +27,7 @@ _ROOT = Path(__file__).parent / "reference"
 
 def reference_families() -> list[str]:
     """The families (``config.model_type``) that have a shipped reference model."""
-    from ..adapters._reference import REFERENCE_FAMILIES
+    from vtc.testing import REFERENCE_FAMILIES
 
     present = {p.name for p in _ROOT.iterdir() if (p / "config.json").is_file()} if _ROOT.is_dir() else set()
     return [f for f in REFERENCE_FAMILIES if f in present] + sorted(present - set(REFERENCE_FAMILIES))
@@ -56,6 +56,6 @@ def reference_model(family: str, *, attn_implementation: str = "sdpa") -> tuple[
     Raises:
         ConfigError: no reference model for `family` (the message names those available).
     """
-    from ..bench import load_checkpoint
+    from ..loading import load_checkpoint
 
     return load_checkpoint(reference_path(family), attn_implementation=attn_implementation)

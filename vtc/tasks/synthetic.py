@@ -24,7 +24,7 @@ from PIL import Image
 from ..errors import ConfigError
 from .sample import Sample
 
-__all__ = ["CELL", "COLOURS", "GRID", "available", "grid_image", "score", "synthetic"]
+__all__ = ["CELL", "COLOURS", "GRID", "available", "grid_image", "score", "synthetic", "vocabulary"]
 
 GRID, CELL = 6, 8
 #: The palette, by the name the answers use (one word each).
@@ -130,3 +130,20 @@ def score(sample: Sample, prediction: str) -> float:
     """The score in [0, 1] of `prediction` for `sample`: the fraction of cells right for `grid-readout`, exact match
     for every other task and for datasets; both ignore case, surrounding spaces and a final full stop."""
     return _SCORERS.get(sample.task, _exact_match)(prediction, sample.answer)
+
+
+def vocabulary() -> list[str]:
+    """Every word (as a whitespace-and-punctuation pre-tokenizer splits text) of the tasks' questions and answers, in
+    a fixed order: the questions of one sample per task, then the colours, then the multiple-choice answers. The
+    reference models' word-level tokenizers are built on it."""
+    from tokenizers import pre_tokenizers
+
+    split = pre_tokenizers.Whitespace()
+    words: list[str] = []
+    texts = [synthetic(task, "train", 1, 0)[0].question for task in available()]
+    texts += list(COLOURS) + ["first", "second"]
+    for text in texts:
+        for word, _ in split.pre_tokenize_str(text):
+            if word not in words:
+                words.append(word)
+    return words

@@ -2,7 +2,7 @@
 
     python -m vtc.tasks.train_reference FAMILY [--out DIR] [--steps N] [--seed S]
 
-The recipes (model sizes, processors, tokenizers) live with the adapters (`vtc.adapters._reference`). Training is
+The recipes (model sizes, processors, tokenizers) live with the adapters (`vtc.testing`). Training is
 multi-task (every batch mixes the three tasks), teacher-forced, with the loss on the answer tokens and the
 end-of-sequence token only; the loss is the mean over each task's answer tokens, averaged over the tasks (so the 37
 supervised tokens of a read-out do not drown the one-word answers).
@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..adapters._reference import EOS_ID, PAD_ID, REFERENCE_FAMILIES, build_reference_model
+from vtc.testing import REFERENCE_EOS_ID, REFERENCE_FAMILIES, REFERENCE_PAD_ID, build_reference_model
 from .prompt import build_prompt
 from .sample import Sample
-from .synthetic import available, score, synthetic
+from .synthetic import available, score, synthetic, vocabulary
 
 __all__ = ["TARGETS", "greedy_scores", "main", "save", "train"]
 
@@ -78,8 +78,8 @@ def greedy_predictions(model, processor, samples: Sequence[Sample], *, batch_siz
         chunk = samples[start:start + batch_size]
         inputs = _inputs(processor, chunk, answers=False)
         max_new = max(len(s.answer.split()) for s in chunk) + 2
-        out = model.generate(**inputs, max_new_tokens=max_new, do_sample=False, eos_token_id=EOS_ID,
-                             pad_token_id=PAD_ID)
+        out = model.generate(**inputs, max_new_tokens=max_new, do_sample=False, eos_token_id=REFERENCE_EOS_ID,
+                             pad_token_id=REFERENCE_PAD_ID)
         new = out[:, inputs["input_ids"].shape[1]:]
         predictions += processor.tokenizer.batch_decode(new, skip_special_tokens=True)
     return predictions
@@ -129,7 +129,7 @@ def train(
     """
     torch.manual_seed(seed)
     random.seed(seed)
-    model, processor = build_reference_model(family, seed=seed)
+    model, processor = build_reference_model(family, vocabulary(), seed=seed)
     model.train()
     tasks = available()
     per_task = [batch_size // len(tasks) + (i < batch_size % len(tasks)) for i in range(len(tasks))]

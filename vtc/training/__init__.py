@@ -13,18 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from .checkpoint import (
+from ..checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     CheckpointWriter,
     is_vtc_name,
-    load_pretrained,
     load_vtc_weights,
     mark_only_vtc_trainable,
-    save_pretrained,
     unwrap,
     vtc_state_dict,
 )
+from ..pretrained import load_pretrained, save_pretrained
 from .collator import IGNORE_INDEX, VTCCollator
 from .losses import distillation_loss, lm_loss
 from .stages import STAGES, lora_target_modules, prepare_stage, trainable_parameter_names

@@ -26,7 +26,7 @@ from ..api import compress
 from ..config import VTCConfig
 from ..errors import ConfigError
 from ..tasks import Sample
-from .checkpoint import unwrap
+from ..checkpoint import unwrap
 from .collator import VTCCollator
 from .stages import STAGES, prepare_stage, trainable_parameter_names
 from .trained import resolve_model, write_training_record
@@ -131,7 +131,7 @@ def train_run(spec: RunSpec, train_samples: Sequence[Sample], eval_samples: Sequ
     Raises:
         ConfigError: an unknown stage, a batch that does not split over the processes, bad training options.
     """
-    from ..bench import load_checkpoint
+    from ..loading import load_checkpoint
     from .trainer import VTCTrainer
 
     if spec.stage not in STAGES:

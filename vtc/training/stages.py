@@ -16,7 +16,7 @@ from torch import nn
 
 from ..api import get_adapter_of, get_config, is_compressed
 from ..errors import ConfigError
-from .checkpoint import is_vtc_name, mark_only_vtc_trainable, unwrap
+from ..checkpoint import is_vtc_name, mark_only_vtc_trainable, unwrap
 
 __all__ = ["STAGES", "lora_target_modules", "prepare_stage", "trainable_parameter_names"]
 

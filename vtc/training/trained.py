@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .checkpoint import CONFIG_NAME, load_pretrained
+from ..checkpoint import CONFIG_NAME
+from ..pretrained import load_pretrained
 
 __all__ = ["REFERENCE_PREFIX", "TRAINING_RECORD", "load_trained", "resolve_model", "run_stage",
            "write_training_record"]
@@ -85,7 +86,7 @@ def load_trained(folder: str | os.PathLike, *, processor: Any = None, base_model
         FileNotFoundError: `folder` holds no vtc checkpoint.
         ConfigError: a compressor or lora run whose base model is neither recorded nor given.
     """
-    from ..bench import load_model, load_processor
+    from ..loading import load_model, load_processor
 
     folder = Path(folder)
     if not (folder / CONFIG_NAME).is_file():

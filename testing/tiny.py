@@ -23,6 +23,8 @@ import torch
 from PIL import Image
 from transformers import BatchFeature, PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
 
+from vtc.loading import processor_without_video
+
 __all__ = [
     "IMAGE_TOKEN_IDS",
     "TINY_FAMILIES",
@@ -31,10 +33,11 @@ __all__ = [
     "build_tiny_processor",
     "default_image_sizes",
     "image_placeholder",
-    "processor_without_video",
+    "make_tiny",
     "tiny_batch",
     "tiny_images",
     "tiny_tokenizer",
+    "word_level_tokenizer",
 ]
 
 #: The families supported here, named by ``model.config.model_type``.
@@ -314,6 +317,13 @@ _MODEL_CLASSES = {
 }
 
 
+def make_tiny(model_type: str, attn_implementation: str = "sdpa", *, seed: int = 0) -> tuple[PreTrainedModel,
+                                                                                               ProcessorMixin]:
+    """A tiny random model of the family ``model_type`` (:func:`build_tiny_model`) and its real processor
+    (:func:`build_tiny_processor`), whose placeholder counts match the model's visual features."""
+    return build_tiny_model(model_type, attn_implementation, seed=seed), build_tiny_processor(model_type)
+
+
 def build_tiny_model(model_type: str, attn_implementation: str = "sdpa", *, seed: int = 0) -> PreTrainedModel:
     """Build a tiny ``XXXForConditionalGeneration`` with random weights, in eval mode.
 
@@ -365,37 +375,6 @@ def _image_processor(model_type: str):
     )
 
 
-def processor_without_video(cls: type[ProcessorMixin], **kwargs) -> ProcessorMixin:
-    """Construct the processor class ``cls`` (one that takes a ``video_processor``) with none: images only.
-
-    transformers' video processors need torchvision, which is not a dependency of vtc. The processor works on images,
-    saves with ``save_pretrained`` (its ``processor_config.json`` records ``"video_processor": null``) and loads back
-    with ``vtc.bench.load_processor``.
-    """
-    # ProcessorMixin.__init__ checks each sub-processor's class; without torchvision the lookup for `video_processor`
-    # raises AttributeError ('_extra_content'), even for None. Shadow the check on this one instance, during __init__
-    # only, so that a None video processor is accepted: every other argument is still checked and nothing in
-    # transformers is modified.
-    proc = cls.__new__(cls)
-    check = proc.check_argument_for_proper_class
-
-    def check_except_missing_video(name, value):
-        if name == "video_processor" and value is None:
-            return None
-        return check(name, value)
-
-    proc.check_argument_for_proper_class = check_except_missing_video
-    try:
-        proc.__init__(video_processor=None, **kwargs)
-    finally:
-        del proc.check_argument_for_proper_class
-    # save_pretrained saves every sub-processor that get_attributes() names and fails on the missing one, so this
-    # instance names only those it has. A partial of `list` (not a lambda) keeps the processor picklable and copyable.
-    present = tuple(name for name in cls.get_attributes() if name != "video_processor")
-    proc.get_attributes = functools.partial(list, present)
-    return proc
-
-
 def build_tiny_processor(model_type: str) -> ProcessorMixin:
     """Build the family's real processor around the ``*Pil`` image processor and :func:`tiny_tokenizer`.
 
@@ -407,7 +386,7 @@ def build_tiny_processor(model_type: str) -> ProcessorMixin:
     * Qwen: ``grid_t * grid_h * grid_w / 4``, plus ``mm_token_type_ids``.
 
     Families with a video processor (InternVL, OneVision, Qwen) get none (:func:`processor_without_video`), so they
-    take images only. Every family's processor saves with ``save_pretrained``; ``vtc.bench.load_processor`` loads it.
+    take images only. Every family's processor saves with ``save_pretrained``; ``vtc.loading.load_processor`` loads it.
     Its chat template writes each image's placeholder as the family's own template does, then the text.
 
     Raises:
@@ -422,7 +401,7 @@ def build_tiny_processor(model_type: str) -> ProcessorMixin:
 def _chat_template(model_type: str) -> str:
     """A minimal chat template: the images' placeholders as the family's own template writes them, then the text.
 
-    Prompts built from messages (`vtc.tasks.build_prompt`, `Adapter.example_inputs`) then carry what the family
+    Prompts built from messages (`vtc.tasks.build_prompt`, `vtc.bench.example_inputs`) then carry what the family
     needs around each image (Qwen's M-RoPE index looks for the vision start token).
     """
     image = image_placeholder(model_type)

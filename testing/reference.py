@@ -1,6 +1,9 @@
 """The reference models' recipes: per family, a tiny model of the real class and its real processor, built from
 scratch (`vtc.tasks.train_reference` trains them; `vtc.tasks.reference_model` loads the trained ones).
 
+The vocabulary is given: every word of the tasks' questions and answers (`vtc.tasks.vocabulary()`), so that this
+module knows nothing of the tasks.
+
 Each model is sized so that ONE visual token covers ONE 8-px cell of the synthetic tasks' 48 x 48 images (36 visual
 tokens per image):
 
@@ -18,15 +21,16 @@ family's processor needs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from vtc.errors import ConfigError
-from vtc.tasks.synthetic import COLOURS, available, synthetic
+from vtc.loading import processor_without_video
 
-from ._tiny import processor_without_video, word_level_tokenizer
+from .tiny import word_level_tokenizer
 
 __all__ = ["EOS_ID", "PAD_ID", "REFERENCE_FAMILIES", "build_reference_model", "build_reference_processor"]
 
@@ -66,26 +70,10 @@ _QWEN_TEMPLATE = (
 )
 
 
-def _task_words() -> list[str]:
-    """Every word (as the tokenizer's pre-tokenizer splits text) of the tasks' questions and answers, in a fixed
-    order: the questions of one sample per task, then the colours, then the multiple-choice answers."""
-    from tokenizers import pre_tokenizers
-
-    split = pre_tokenizers.Whitespace()
-    words: list[str] = []
-    texts = [synthetic(task, "train", 1, 0)[0].question for task in available()]
-    texts += list(COLOURS) + ["first", "second"]
-    for text in texts:
-        for word, _ in split.pre_tokenize_str(text):
-            if word not in words:
-                words.append(word)
-    return words
-
-
-def build_reference_tokenizer(family: str):
-    """The word-level tokenizer of `family`: its special tokens (ids 0..), then every word of the tasks."""
+def build_reference_tokenizer(family: str, words: Sequence[str]):
+    """The word-level tokenizer of `family`: its special tokens (ids 0..), then `words`."""
     specials = (*_BASE_SPECIALS, *_FAMILY_SPECIALS[family].values())
-    return word_level_tokenizer(specials, _task_words(), _FAMILY_SPECIALS[family], spaced_decoding=True)
+    return word_level_tokenizer(specials, words, _FAMILY_SPECIALS[family], spaced_decoding=True)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -185,13 +173,13 @@ _QWEN_PROCESSORS = {
 }
 
 
-def build_reference_processor(family: str):
+def build_reference_processor(family: str, words: Sequence[str]):
     """The family's real processor class around its real (``*Pil``) image processor and the word-level tokenizer,
     writing 36 placeholders per 48 x 48 image."""
     import transformers as tf
 
     _check(family)
-    tokenizer = build_reference_tokenizer(family)
+    tokenizer = build_reference_tokenizer(family, words)
     square = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     if family == "llava":
         image_processor = tf.CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size=square)
@@ -208,12 +196,13 @@ def build_reference_processor(family: str):
                                    image_seq_length=36)
 
 
-def build_reference_model(family: str, *, seed: int = 0) -> tuple[nn.Module, Any]:
-    """A freshly initialised (untrained) model of `family` and its processor; the weights depend only on `seed`."""
+def build_reference_model(family: str, words: Sequence[str], *, seed: int = 0) -> tuple[nn.Module, Any]:
+    """A freshly initialised (untrained) model of `family` and its processor with the vocabulary `words`; the
+    weights depend only on `seed`."""
     import transformers as tf
 
     _check(family)
-    processor = build_reference_processor(family)
+    processor = build_reference_processor(family, words)
     config = _config(family, processor.tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

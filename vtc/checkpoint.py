@@ -1,8 +1,8 @@
-"""Checkpoints of the compressors: only what vtc added to a model (every name holding `vtc_`).
+"""The checkpoint format of the compressors: only what vtc added to a model (every name holding `vtc_`).
 
-    vtc.mark_only_vtc_trainable(model)        # the backbone frozen, the compressor trainable
-    vtc.save_pretrained(model, "ckpt/")       # vtc_config.json + vtc_weights.safetensors
-    model = vtc.load_pretrained(model, "ckpt/", processor=processor)
+A vtc checkpoint is a folder with `vtc_config.json` (the `VTCConfig`) and `vtc_weights.safetensors` (the tensors vtc
+added, by their `state_dict` name in the compressed model). This module reads and writes it; the public verbs
+`vtc.save_pretrained` / `vtc.load_pretrained` (`vtc.pretrained`) compress and load on top of it.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..api import compress, get_config, is_compressed, unpatch
-from ..config import VTCConfig
-from ..errors import ConfigError
+from ._state import STATE_ATTR
+from .config import VTCConfig
+from .errors import ConfigError
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CheckpointWriter", "is_vtc_name", "load_pretrained", "load_vtc_weights",
-           "mark_only_vtc_trainable", "save_pretrained", "unwrap", "vtc_state_dict"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CheckpointWriter", "is_vtc_name", "load_vtc_weights",
+           "mark_only_vtc_trainable", "read_checkpoint", "unwrap", "vtc_state_dict", "write_checkpoint"]
 
 CONFIG_NAME = "vtc_config.json"
 WEIGHTS_NAME = "vtc_weights.safetensors"
@@ -32,6 +32,10 @@ def is_vtc_name(name: str) -> bool:
     return any(part.startswith(_VTC_MARK) for part in name.split("."))
 
 
+def _is_compressed(model: nn.Module) -> bool:
+    return STATE_ATTR in model.__dict__
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model `vtc.compress` patched, inside the wrappers training puts around it.
 
@@ -39,7 +43,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     compressed model; a model without any of them is returned as it is.
     """
     seen = set()
-    while not is_compressed(model) and id(model) not in seen:
+    while not _is_compressed(model) and id(model) not in seen:
         seen.add(id(model))
         if isinstance(getattr(model, "_orig_mod", None), nn.Module):
             model = model._orig_mod
@@ -74,30 +78,31 @@ def vtc_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor for name, tensor in model.state_dict().items() if is_vtc_name(name)}
 
 
-def save_pretrained(model: nn.Module, path: str | os.PathLike,
-                    tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write the compression config and the vtc tensors of a compressed model to the folder `path`.
-
-    Only vtc's tensors are written (the backbone stays where it was loaded from), as `vtc_weights.safetensors`,
-    next to `vtc_config.json`.
-
-    `model` may be wrapped for training (PEFT, DDP, FSDP, `torch.compile`): the names are those of the compressed
-    model inside, so the checkpoint loads into the plain model. `tensors`: the vtc tensors by those names, where the
-    live model does not hold them whole (gathered from FSDP or ZeRO-3 shards); default: the model's own.
-
-    Returns:
-        The folder.
-    """
-    model = unwrap(model)
+def write_checkpoint(model: nn.Module, config: VTCConfig, path: str | os.PathLike,
+                     tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `config` and the vtc tensors of a compressed (possibly wrapped) model to the folder `path`; return the
+    folder. `vtc.save_pretrained` documents the arguments."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    get_config(model).save(folder / CONFIG_NAME)
+    config.save(folder / CONFIG_NAME)
     # safetensors refuses views and shared storage: store each tensor as its own contiguous copy
     if tensors is None:  # the live model holds them whole (one process, DDP, ZeRO-1/2)
         tensors = vtc_state_dict(model)
     tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in tensors.items()}
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     return folder
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[VTCConfig, dict[str, torch.Tensor]]:
+    """The config and the tensors of the vtc checkpoint folder `path` (no tensors when it holds no weights file).
+
+    Raises:
+        FileNotFoundError: `path` lacks `vtc_config.json`.
+    """
+    folder = Path(path)
+    config = VTCConfig.load(folder / CONFIG_NAME)
+    weights = folder / WEIGHTS_NAME
+    return config, (load_file(str(weights)) if weights.exists() else {})
 
 
 class CheckpointWriter:
@@ -120,43 +125,8 @@ class CheckpointWriter:
         if kwargs.get("is_main_process", True):
             # The Trainer passes the state dict it gathered from the shards (FSDP FULL_STATE_DICT): vtc's come from it
             given = {name: tensor for name, tensor in state_dict.items() if is_vtc_name(name)}
-            save_pretrained(model, save_directory, tensors=given or None)
+            write_checkpoint(model, self.state.config, save_directory, tensors=given or None)
         return result
-
-
-def load_pretrained(model: nn.Module, path: str | os.PathLike, processor: Any = None) -> nn.Module:
-    """Compress `model` with the config saved in `path` and load the saved vtc tensors into it.
-
-    Args:
-        model: the same kind of model the checkpoint was saved from, uncompressed or compressed (it is re-compressed).
-        path: a folder written by `save_pretrained`.
-        processor: the model's processor, patched as by `compress`.
-
-    Raises:
-        FileNotFoundError: `path` lacks `vtc_config.json`.
-        ConfigError: the saved tensors do not fit the model (missing, unexpected or wrongly shaped); the model is
-            left uncompressed-as-before in that case.
-    """
-    folder = Path(path)
-    config = VTCConfig.load(folder / CONFIG_NAME)
-    weights = folder / WEIGHTS_NAME
-    saved = load_file(str(weights)) if weights.exists() else {}
-    compress(model, config, processor=processor)
-    try:
-        expected = vtc_state_dict(model)
-        missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
-        wrong = sorted(n for n in set(expected) & set(saved) if expected[n].shape != saved[n].shape)
-        if missing or unexpected or wrong:
-            problems = [f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-                        for label, names in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
-                        if names]
-            raise ConfigError("path", str(folder), "a vtc checkpoint saved from this kind of model",
-                              hint="; ".join(problems) + ".")
-        model.load_state_dict(saved, strict=False)
-    except BaseException:
-        unpatch(model)
-        raise
-    return model
 
 
 def load_vtc_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
