@@ -4,8 +4,11 @@ An adapter *locates* things (the decoder layers, the rotary embedding, the proje
 *describes* sequences (the visual layout of each sample). It never copies a `modeling_*.py`: every answer comes from
 the loaded instance, its config and the seams documented in the design notes.
 
-The core only calls the methods defined on `Adapter`. A new family subclasses it (or `LlavaLikeAdapter`) and
-registers with `@vtc.register_adapter("model_type")`.
+The core only calls the methods defined on `Adapter`. A new family subclasses it and registers with
+`@vtc.register_adapter("model_type")`; `docs/adapters.md` lists what each hook must do. A family whose every image or
+tile becomes one fixed grid of language tokens, in a contiguous run of placeholders, needs only the locating hooks,
+`vision_features`, `apply_projector` and `patch_processor_for_pvtc`: `image_templates`, `project` and `pvtc_output`
+have defaults for it (`examples/custom_adapter.py` is such an adapter).
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import torch
 import transformers
 from packaging.version import Version
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from vtc.patch import PatchLedger
 from vtc.errors import InputError, PlaceholderMismatchError, UnsupportedModelError, UnsupportedVersionError
 from vtc.layout import BatchLayout, SampleLayout, VisualSpan
 from vtc.ops import pooled_grid
+from vtc.patch import PatchLedger
 
 __all__ = [
     "MAKE_INPUTS_WITH_PROCESSOR",
@@ -125,6 +129,15 @@ class _ConfigOnly:
 
 def _template_length(spans: Sequence[VisualSpan]) -> int:
     return max(s.end for s in spans)
+
+
+def _per_image(tokens: Sequence[torch.Tensor], items_per_image: Sequence[int]) -> list[torch.Tensor]:
+    """Token grids `(gh, gw, d)`, one per item, joined into one `(n_tokens, d)` tensor per image, in item order."""
+    images, start = [], 0
+    for count in items_per_image:
+        images.append(torch.cat([grid.flatten(0, 1) for grid in tokens[start:start + count]]))
+        start += count
+    return images
 
 
 class Adapter:
@@ -255,8 +268,13 @@ class Adapter:
 
     def project(self, features: VisionFeatures) -> list[torch.Tensor]:
         """Apply the model's own projector to `features`: one `(n_tokens, d_text)` tensor per image, in sequence
-        order. Equals the model's `get_image_features(...).pooler_output`, image by image."""
-        raise NotImplementedError
+        order. Equals the model's `get_image_features(...).pooler_output`, image by image.
+
+        The core never calls it: it is the check that `vision_features` and `apply_projector` reproduce the model.
+        The default projects every item with `apply_projector` and joins each image's items in order.
+        """
+        tokens = [self.apply_projector(self.projector, patches[None])[0] for patches in features.patches]
+        return _per_image(tokens, features.items_per_image)
 
     # ------------------------------------------------------------------------------------------------- layout
     def image_templates(self, image_inputs: Mapping[str, Any], num_placeholders: int) -> list[SampleLayout]:
@@ -267,8 +285,16 @@ class Adapter:
                 implied by the config).
             num_placeholders: the total number of image placeholders in the batch, for families whose images all
                 have the same size.
+
+        The default serves families with a `fixed_token_grid` whose every image or tile fills its own contiguous run
+        of placeholders (text may separate the tiles of one image): one grid span per tile, as many as the
+        placeholders hold.
         """
-        raise NotImplementedError
+        if not self.fixed_token_grid:
+            raise NotImplementedError(f"{type(self).__name__} has no fixed token grid: it must implement "
+                                      "image_templates")
+        h, w = self.token_grid_under_pvtc(self.reference_token_grid)
+        return [(VisualSpan(0, h * w, (h, w)),)] * (num_placeholders // (h * w))
 
     def visual_layout(self, input_ids: torch.Tensor, image_inputs: Mapping[str, Any]) -> BatchLayout:
         """Where each sample's visual tokens are and how they are arranged.
@@ -340,8 +366,11 @@ class Adapter:
         Args:
             tokens: one `(gh, gw, d_text)` token grid per item of `features.patches`.
             features: the vision features the tokens were made from.
+
+        The default returns `pooler_output` as one `(n_tokens, d_text)` tensor per image (its items' grids row-major,
+        in item order), which a model that concatenates `pooler_output` and scatters it into the placeholders reads.
         """
-        raise NotImplementedError
+        return BaseModelOutputWithPooling(pooler_output=_per_image(tokens, features.items_per_image))
 
     def patch_model_for_pvtc(self, ledger: PatchLedger) -> None:
         """Patch whatever else in the model must see PVTC's token grids (e.g. a position index)."""

@@ -18,10 +18,10 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from vtc.patch import PatchLedger
 from vtc.config import RVTCConfig
 from vtc.errors import PlaceholderMismatchError, UnsupportedModelError
 from vtc.layout import SampleLayout, VisualSpan
+from vtc.patch import PatchLedger
 from vtc.registry import register_adapter
 from vtc.rvtc import TilePlan, check_budget, plan_tiles, tile_token_grid
 

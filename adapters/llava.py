@@ -29,10 +29,10 @@ from transformers.models.llava_next.modeling_llava_next import (
 )
 from transformers.utils import ModelOutput
 
-from vtc.patch import PatchLedger
 from vtc.config import RVTCConfig
 from vtc.errors import InputError, PlaceholderMismatchError, UnsupportedModelError
 from vtc.layout import SampleLayout, VisualSpan
+from vtc.patch import PatchLedger
 from vtc.registry import register_adapter
 from vtc.rvtc import check_budget, plan_tiles, tile_token_grid
 

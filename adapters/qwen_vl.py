@@ -27,11 +27,11 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDe
 from transformers.utils import ModelOutput
 from transformers.vision_utils import get_vision_window_index
 
-from vtc.patch import PatchLedger
 from vtc.config import RVTCConfig
 from vtc.errors import ConfigError, InputError, PlaceholderMismatchError, UnsupportedModelError
 from vtc.layout import SampleLayout, VisualSpan
 from vtc.ops import average_token_windows, pooled_grid
+from vtc.patch import PatchLedger
 from vtc.registry import register_adapter
 from vtc.rvtc import check_budget, plan_tiles, tile_token_grid
 

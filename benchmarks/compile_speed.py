@@ -44,7 +44,7 @@ import time
 
 import torch
 import torch._dynamo
-from _common import describe_run, parser_with_common_options, print_table
+from common import describe_run, parser_with_common_options, print_table
 from decode_speed import timed_generate
 from pvtc_speed import build_model, make_inputs, visual_tokens
 from torch._dynamo.testing import CompileCounterWithBackend

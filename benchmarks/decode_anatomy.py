@@ -18,7 +18,7 @@ import argparse
 import statistics
 from collections import Counter
 
-import real_size
+import real_size_models
 import torch
 from decode_speed import timed_generate
 from torch.profiler import ProfilerActivity, profile
@@ -61,7 +61,7 @@ def profiled(model, inputs, steps: int, device: torch.device) -> tuple[Counter, 
 def main(argv=None) -> list[tuple[str, int, float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--family", default="qwen2_vl", choices=sorted(real_size.FAMILY_CLASSES))
+    parser.add_argument("--family", default="qwen2_vl", choices=sorted(real_size_models.FAMILY_CLASSES))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--profile-steps", type=int, default=6)
@@ -70,15 +70,15 @@ def main(argv=None) -> list[tuple[str, int, float]]:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    family = real_size.FAMILY_CLASSES[args.family](args.tiny, device, dtype, "sdpa")
+    family = real_size_models.FAMILY_CLASSES[args.family](args.tiny, device, dtype, "sdpa")
     model = family.build()
     num_layers = model.config.text_config.num_hidden_layers
     k, restore = vtc.LVTCConfig(compress_layer=2, restore_layer=-2, ratio=1).resolve_layers(num_layers)
-    rows = [row for row in real_size.make_rows(family, model, [4], k, restore) if row.name in ROWS and row.na is None]
+    rows = [row for row in real_size_models.make_rows(family, model, [4], k, restore) if row.name in ROWS and row.na is None]
     one = {row.inputs_key: family.inputs_one(model, None if row.inputs_key == "native" else row.config)
            for row in rows}
     print(f"{family.sizes.title}, batch {args.batch}, {dtype}, {args.new_tokens} new tokens; torch {torch.__version__}")
-    batches = {key: real_size.expand(value, args.batch, device, dtype) for key, value in one.items()}
+    batches = {key: real_size_models.expand(value, args.batch, device, dtype) for key, value in one.items()}
     step_times: dict[str, list[float]] = {row.name: [] for row in rows}
     with torch.inference_mode():
         # Timed first, in interleaved rounds, before any profiler runs: a profiler session can leave the CUDA

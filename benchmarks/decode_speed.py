@@ -30,7 +30,7 @@ import statistics
 import time
 
 import torch
-from _common import describe_run, parser_with_common_options, print_table
+from common import describe_run, parser_with_common_options, print_table
 from pvtc_speed import build_model, make_inputs, visual_tokens
 from transformers import LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
 

@@ -23,9 +23,9 @@ import os
 import statistics
 from contextlib import nullcontext
 
-import real_size
+import real_size_models
 import torch
-from _common import print_table
+from common import print_table
 from decode_speed import timed_generate
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -55,7 +55,7 @@ def step_times(model, input_ids: torch.Tensor, new_tokens: int, device: torch.de
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--family", default="qwen2_vl", choices=sorted(real_size.FAMILY_CLASSES))
+    parser.add_argument("--family", default="qwen2_vl", choices=sorted(real_size_models.FAMILY_CLASSES))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--prompt", type=int, default=640, help="the first backend's prompt tokens (default 640)")
     parser.add_argument("--new-tokens", type=int, default=48)
@@ -63,7 +63,7 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    family = real_size.FAMILY_CLASSES[args.family](args.tiny, device, dtype, "sdpa")
+    family = real_size_models.FAMILY_CLASSES[args.family](args.tiny, device, dtype, "sdpa")
     model = family.build()
     generator = torch.Generator().manual_seed(0)
 

@@ -32,7 +32,7 @@ import statistics
 import sys
 
 import torch
-from _common import describe_run, parser_with_common_options, print_table
+from common import describe_run, parser_with_common_options, print_table
 from decode_speed import timed_generate
 from lvtc_speed import Oracle, build_model, make_inputs, timed_prefill
 

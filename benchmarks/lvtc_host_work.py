@@ -21,7 +21,7 @@ from __future__ import annotations
 import statistics
 
 import torch
-from _common import describe_run, parser_with_common_options, print_table
+from common import describe_run, parser_with_common_options, print_table
 from lvtc_speed import build_model, make_inputs
 
 import vtc

@@ -25,7 +25,7 @@ import statistics
 import time
 
 import torch
-from _common import describe_run, parser_with_common_options, print_table
+from common import describe_run, parser_with_common_options, print_table
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 import vtc

@@ -18,7 +18,7 @@ import statistics
 import time
 
 import torch
-from _common import print_table
+from common import print_table
 
 from vtc.layout import VisualSpan
 from vtc.ops import GroupIndex, group_index, pool

@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 
 import torch
-from _common import describe_run, parser_with_common_options, print_table
+from common import describe_run, parser_with_common_options, print_table
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 import vtc

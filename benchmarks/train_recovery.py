@@ -29,7 +29,7 @@ from vtc.tasks import synthetic, vocabulary
 from vtc.training.run import RunSpec, train_run
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import print_table  # noqa: E402
+from common import print_table  # noqa: E402
 
 FINE, COARSE = "grid-readout", "majority-colour"
 STAGE_ORDER = ("compressor", "full", "lora")

@@ -6,14 +6,16 @@ run on, and what a user's shape and mask property tests can run on too.
     model(**inputs)
 
 Nothing is downloaded. The models are random (what they generate is noise); shapes, token counts, masks and cache
-behaviour are those of the full-size checkpoints. The reference models' recipes (`build_reference_model`) live here
-too: `vtc.tasks.train_reference` trains them and `vtc.tasks.reference_model` loads the trained ones.
+behaviour are those of the full-size checkpoints. Both are built from one
+per-family recipe table (`RECIPES`) at their own sizes: the tiny zoo here, and the reference models
+(`build_reference_model`), which `vtc.tasks.train_reference` trains and `vtc.tasks.reference_model` loads.
 """
 
 from __future__ import annotations
 
 from vtc.loading import processor_without_video
 
+from .recipes import RECIPES, FamilyRecipe
 from .reference import EOS_ID as REFERENCE_EOS_ID
 from .reference import PAD_ID as REFERENCE_PAD_ID
 from .reference import (
@@ -25,24 +27,23 @@ from .reference import (
 from .tiny import (
     IMAGE_TOKEN_IDS,
     TINY_FAMILIES,
-    ablation_image_sizes,
     build_tiny_model,
     build_tiny_processor,
-    default_image_sizes,
     image_placeholder,
     make_tiny,
-    tiny_batch,
-    tiny_images,
     tiny_tokenizer,
-    word_level_tokenizer,
 )
+from .tiny_inputs import ablation_image_sizes, default_image_sizes, tiny_batch, tiny_images
+from .tokenizer import word_level_tokenizer
 
 __all__ = [
     "IMAGE_TOKEN_IDS",
+    "RECIPES",
     "REFERENCE_EOS_ID",
     "REFERENCE_FAMILIES",
     "REFERENCE_PAD_ID",
     "TINY_FAMILIES",
+    "FamilyRecipe",
     "ablation_image_sizes",
     "build_reference_model",
     "build_reference_processor",

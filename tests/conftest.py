@@ -1,8 +1,6 @@
 """Shared test settings."""
 
-import importlib
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -41,12 +39,3 @@ def refuse_calls(monkeypatch):
         return attempts
 
     return install
-
-
-@pytest.fixture(scope="session")
-def import_benchmark():
-    """`import_benchmark(name)` imports the script `benchmarks/<name>.py` as a module (the scripts import their
-    neighbours, so the folder goes on `sys.path` for the session). Session-scoped: hypothesis tests may use it."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-        yield importlib.import_module

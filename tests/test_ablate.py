@@ -7,7 +7,7 @@ import json
 import pytest
 
 import vtc
-from vtc.ablate import ConfigResult, default_grid, format_table, legend
+from vtc.ablate import AblationRow, ConfigResult, default_grid, format_table, legend
 from vtc.cli import main
 
 needs_llava = pytest.mark.skipif("llava" not in vtc.tasks.reference_families(), reason="no reference llava model")
@@ -51,6 +51,11 @@ def test_ablate_scores_and_times_a_checkpoint_folder_on_its_data(tmp_path, capsy
     assert err == "" and "prefill ms" in out and "Python overhead" not in out
     rows = {r["config_name"]: r for r in map(json.loads, (out_dir / "ablate.jsonl").read_text().splitlines())}
     assert rows.keys() == {"baseline", "pvtc-r4"}
+    columns = ["family", "task", "config_name", "config", "n", "accuracy", "visual_tokens", "prefill_flops",
+               "flops_rel", "latency_ms", "latency_rel", "kv_cache_mb", "peak_mem_mb", "skipped", "trained", "run"]
+    assert all(list(row) == [*columns, "environment"] for row in rows.values())
+    with (out_dir / "ablate.csv").open() as f:
+        assert next(csv.reader(f)) == columns
     for row in rows.values():
         assert row["family"] == "llava" and row["task"] == "majority-colour" and 0 <= row["accuracy"] <= 1
         assert row["latency_ms"] > 0 and row["kv_cache_mb"] > 0
@@ -66,8 +71,9 @@ def test_default_grid_holds_the_training_free_rows():
 
 
 def test_table_and_legend_say_what_a_missing_cell_means():
-    rows = [ConfigResult("f", "t", "baseline", {}, 4, 1.0, 36.0, 10.0, flops_rel=1.0),
-            ConfigResult("f", "t", "rvtc-edge", {}, 4, None, None, None, skipped="rvtc expects None")]
+    assert ConfigResult is AblationRow  # one row type, under the name it had in vtc.ablate too
+    rows = [AblationRow("f", "t", "baseline", {}, 4, 1.0, 36.0, 10.0, flops_rel=1.0),
+            AblationRow("f", "t", "rvtc-edge", {}, 4, None, None, None, skipped="rvtc expects None")]
     lines = format_table(rows).splitlines()
     assert len(lines) == 4 and "skipped" in lines[3] and "prefill ms" not in lines[0]
     assert legend(rows).splitlines()[-1] == "skipped f rvtc-edge: rvtc expects None"
@@ -79,8 +85,8 @@ def test_table_and_legend_say_what_a_missing_cell_means():
 # ------------------------------------------------------------------------------------------ latency: measure_configs
 def measure_tiny(family, grid, batch=None):
     """`measure_configs` rows of the tiny random model of `family`, one sample per image size by default."""
-    from vtc.testing import ablation_image_sizes, build_tiny_model, build_tiny_processor, tiny_batch
     from vtc.bench import measure_configs
+    from vtc.testing import ablation_image_sizes, build_tiny_model, build_tiny_processor, tiny_batch
 
     sizes = ablation_image_sizes(family)
     batch = batch or len(sizes)
@@ -96,19 +102,21 @@ def measure_tiny(family, grid, batch=None):
 def test_measure_configs_reports_tokens_layer_lengths_and_relative_costs():
     grid = {name: config for name, config in default_grid().items() if name != "pvtc-r4+lvtc-r4"}
     llava, qwen = measure_tiny("llava", grid, batch=2), measure_tiny("qwen2_vl", grid, batch=2)
-    assert llava["baseline"].visual_tokens == [64, 64] and llava["baseline"].batch_size == 2
-    assert qwen["baseline"].visual_tokens == [16, 35]
+    assert llava["baseline"].sample_visual_tokens == [64, 64] and llava["baseline"].n == 2
+    assert llava["baseline"].visual_tokens == 64 and llava["baseline"].task is None  # the mean; no task, a batch
+    assert qwen["baseline"].sample_visual_tokens == [16, 35]
     for rows in (llava, qwen):
         assert rows["baseline"].flops_rel == 1.0 and rows["baseline"].latency_rel == 1.0
         assert rows["baseline"].latency_ms > 0 and rows["baseline"].kv_cache_mb > 0
-    assert llava["pvtc-r4"].visual_tokens == [16, 16] and llava["pvtc-r16"].visual_tokens == [4, 4]
-    assert qwen["pvtc-r4"].visual_tokens == [4, 12]  # 4x4 and 5x7 token grids, ragged edges padded
+    assert llava["pvtc-r4"].sample_visual_tokens == [16, 16] and llava["pvtc-r16"].sample_visual_tokens == [4, 4]
+    assert qwen["pvtc-r4"].sample_visual_tokens == [4, 12]  # 4x4 and 5x7 token grids, ragged edges padded
     assert llava["pvtc-r16"].flops_rel < llava["pvtc-r4"].flops_rel < 1.0
     for rows in (llava, qwen):
         for name in (n for n in rows if n.startswith("lvtc")):
             full, short, _, last = rows[name].layer_seq_lens  # layers 1 and 2 (K=1 .. L-1=2) run compressed
             assert full == last > short == rows[name].layer_seq_lens[2], name
-            assert rows[name].flops_rel < 1.0 and rows[name].visual_tokens == rows["baseline"].visual_tokens
+            assert rows[name].flops_rel < 1.0
+            assert rows[name].sample_visual_tokens == rows["baseline"].sample_visual_tokens
     assert llava["lvtc-r16-delta"].flops_rel < llava["lvtc-r4-delta"].flops_rel
 
 
@@ -116,9 +124,9 @@ def test_measure_configs_rvtc_tokens_per_image_and_skips_fixed_resolution_famili
     grid = {name: config for name, config in default_grid().items() if name in ("baseline", "rvtc-edge", "rvtc-area")}
     internvl, llava = measure_tiny("internvl", grid), measure_tiny("llava", grid)
     # one sample per image size: 1 tile | 2x1 | 2x2 | 3x1, each with a thumbnail past one tile
-    assert internvl["baseline"].visual_tokens == [16, 48, 80, 64]
-    assert internvl["rvtc-edge"].visual_tokens == [16, 48, 80, 48]
-    assert internvl["rvtc-area"].visual_tokens == [16, 48, 16, 16] and internvl["rvtc-area"].skipped is None
+    assert internvl["baseline"].sample_visual_tokens == [16, 48, 80, 64]
+    assert internvl["rvtc-edge"].sample_visual_tokens == [16, 48, 80, 48]
+    assert internvl["rvtc-area"].sample_visual_tokens == [16, 48, 16, 16] and internvl["rvtc-area"].skipped is None
     for mode in ("edge", "area"):
         row = llava[f"rvtc-{mode}"]
         assert "one fixed input resolution" in row.skipped

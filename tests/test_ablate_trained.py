@@ -11,9 +11,11 @@ import torch
 
 import vtc
 from vtc.ablate import (
-    ConfigResult,
+    AblationRow,
+    RunLoadError,
     TrainedRun,
     config_label,
+    evaluate_trained_runs,
     format_table,
     join_trained,
     legend,
@@ -97,7 +99,7 @@ def test_a_trained_run_joins_its_reference_family_right_after_its_configuration(
 
     # The picture: written, and drawn from both kinds of point.
     assert (out_dir / "pareto.png").stat().st_size > 10_000
-    points = pareto_points([ConfigResult(**{k: v for k, v in row.items() if k != "environment"}) for row in rows])
+    points = pareto_points([AblationRow(**{k: v for k, v in row.items() if k != "environment"}) for row in rows])
     assert len(points) == len(rows)
     trained_points = [p for p in points if p.trained]
     assert {p.trained for p in trained_points} == {name} and len(trained_points) == len(tasks)
@@ -107,8 +109,8 @@ def test_a_trained_run_joins_its_reference_family_right_after_its_configuration(
 
 def test_a_run_trained_from_a_checkpoint_joins_that_checkpoint_untimed(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from vtc.testing import build_tiny_model, build_tiny_processor
     from vtc.loading import load_checkpoint
+    from vtc.testing import build_tiny_model, build_tiny_processor
 
     checkpoint, out_dir = tmp_path / "tiny-llava", tmp_path / "out"
     build_tiny_model("llava").save_pretrained(checkpoint)
@@ -207,8 +209,8 @@ def test_a_trained_row_is_named_by_the_grid_row_of_its_configuration_or_by_its_s
 
 def test_trained_rows_sit_after_their_configuration_with_flops_relative_to_the_same_baseline():
     def row(task, name, config, flops, trained=None):
-        return ConfigResult("f", task, name, config, 4, 0.5, 9.0, flops, flops_rel=None if trained else flops / 10,
-                            trained=trained, run="runs/x" if trained else None)
+        return AblationRow("f", task, name, config, 4, 0.5, 9.0, flops, flops_rel=None if trained else flops / 10,
+                           trained=trained, run="runs/x" if trained else None)
 
     pvtc, other = PVTC_R4.to_dict(), vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=9)).to_dict()
     free = [row(task, name, config, flops) for task in ("t1", "t2") for name, config, flops in
@@ -227,3 +229,13 @@ def test_trained_rows_sit_after_their_configuration_with_flops_relative_to_the_s
     assert "trained f pvtc-r4 +full 9 steps: runs/x" in legend(rows)
     assert "trained" not in format_table(free).splitlines()[0]  # no trained rows: the table as before
 
+
+
+def test_a_run_whose_model_does_not_load_is_named_by_its_folder(tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{not json")
+    run = TrainedRun.read(run_folder(tmp_path / "run", checkpoint))
+    with pytest.raises(RunLoadError, match=f"^{run.folder} does not load: ") as raised:
+        evaluate_trained_runs([run], {"more-red": vtc.tasks.synthetic("more-red", "test", 1)}, family="llava")
+    assert raised.value.run is run

@@ -10,8 +10,8 @@ import torch
 from transformers.utils import is_flash_attn_2_available
 
 import vtc
-from vtc.testing import TINY_FAMILIES
 from vtc.cli import main
+from vtc.testing import TINY_FAMILIES
 
 
 def test_info_lists_families_versions_and_backends(capsys):
@@ -26,8 +26,8 @@ def test_info_lists_families_versions_and_backends(capsys):
 def test_make_tiny_writes_a_folder_that_loads_as_the_tiny_model_and_processor(family, tmp_path, capsys):
     from transformers import AutoModelForImageTextToText
 
-    from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
     from vtc.loading import load_processor
+    from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
 
     folder = tmp_path / "tiny"
     assert main(["make-tiny", family, str(folder), "--seed", "3"]) == 0
@@ -127,7 +127,7 @@ def test_version(capsys):
 @pytest.fixture
 def nothing_is_built(refuse_calls):
     """Records every attempt to build a tiny model or to measure; each attempt fails."""
-    return refuse_calls("vtc.testing.build_tiny_model", "vtc.bench.measure_configs", "vtc.evaluate",
+    return refuse_calls("vtc.testing.build_tiny_model", "vtc.bench.measure_configs", "vtc.cli.eval.evaluate",
                         "vtc.ablate.evaluate_grid", "vtc.tasks.reference_model")
 
 
@@ -261,7 +261,7 @@ def test_a_failing_run_is_one_line_or_quiet_after_ctrl_c(raised, status, line, c
     def fail(_args):
         raise raised
 
-    monkeypatch.setattr("vtc.cli.cmd_info", fail)
+    monkeypatch.setattr("vtc.cli.info.run", fail)
     monkeypatch.delenv("VTC_DEBUG", raising=False)
     assert main(["info"]) == status
     out, err = capsys.readouterr()
@@ -273,7 +273,7 @@ def test_debug_shows_the_traceback(argv, monkeypatch):
     def fail(_args):
         raise vtc.UnsupportedModelError("no adapter")
 
-    monkeypatch.setattr("vtc.cli.cmd_info", fail)
+    monkeypatch.setattr("vtc.cli.info.run", fail)
     if "--debug" in argv:
         monkeypatch.delenv("VTC_DEBUG", raising=False)
     else:

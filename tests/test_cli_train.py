@@ -180,9 +180,7 @@ def test_the_table_shows_each_task_before_and_after_side_by_side(pvtc_json, tmp_
 
 
 def test_only_the_main_process_prints_the_table(pvtc_json, one_batch, tmp_path, capsys, monkeypatch):
-    import vtc.cli
-
-    monkeypatch.setattr(vtc.cli, "_is_main_process", lambda: False)
+    monkeypatch.setattr("vtc.cli.train._is_main_process", lambda: False)
     assert train("reference:llava", [one_batch], tmp_path / "run", "--config", pvtc_json, steps=1) == 0
     assert "load_trained" not in capsys.readouterr().out
 
@@ -222,7 +220,7 @@ def test_after_a_successful_run_every_process_waits_for_the_others_then_leaves_t
         return {}
 
     monkeypatch.setattr(vtc.training.run, "train_run", succeeding_run)
-    monkeypatch.setattr(vtc.cli, "_is_main_process", lambda: False)  # no report to write from this record
+    monkeypatch.setattr("vtc.cli.train._is_main_process", lambda: False)  # no report to write from this record
     barriers = _count_barriers(monkeypatch)
     try:
         assert train("reference:llava", [one_batch], tmp_path / "run", "--config", pvtc_json, steps=1) == 0
@@ -262,13 +260,14 @@ def test_the_printed_line_of_python_loads_the_output_and_an_eval_file_gives_its_
 
 
 def test_the_tasks_of_data_mix_evenly_and_a_file_gives_all_its_samples(pvtc_json, one_batch, tmp_path):
-    from vtc.cli import _train_samples, build_parser
+    from vtc.cli.parser import build_parser
+    from vtc.training.data import training_samples
 
     args = build_parser().parse_args([
         "train", "--model", "reference:llava", "--config", pvtc_json, "--stage", "compressor", "--output",
         str(tmp_path / "out"), "--steps", "3", "--batch", "4", "--seed", "5",
         "--data", "task:grid-readout", "--data", "task:more-red", "--data", one_batch])
-    samples = _train_samples(args)
+    samples = training_samples(args.data, task_size=args.steps * args.batch, seed=args.seed)  # what vtc train mixes
     assert len(samples) == 2 * 3 * 4 + 4  # steps x batch of each task, the whole file
     # one of each in turn while the file lasts, then the two tasks in turn
     assert samples[0:12:3] + samples[12::2] == tasks.synthetic("grid-readout", "train", 12, seed=5)

@@ -9,9 +9,9 @@ import pytest
 
 import vtc
 import vtc.adapters
-from vtc.testing import TINY_FAMILIES, build_tiny_model
 from vtc.adapters.base import Adapter
 from vtc.registry import _REGISTRY, get_adapter, get_adapter_class, register_adapter
+from vtc.testing import TINY_FAMILIES, build_tiny_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -9,6 +9,7 @@
 
 from . import rvtc, training
 from .api import compress, disabled, get_config, is_compressed, last_stats, unpatch
+from .checkpoint import mark_only_vtc_trainable
 from .config import LVTCConfig, PVTCConfig, RVTCConfig, VTCConfig
 from .errors import (
     ConfigError,
@@ -20,13 +21,11 @@ from .errors import (
     VTCError,
 )
 from .evaluate import EvalResult, evaluate
+from .pretrained import load_pretrained, save_pretrained
 from .pvtc import PVTCProjector
 from .registry import register_adapter, supported_models
-from .checkpoint import mark_only_vtc_trainable
-from .pretrained import load_pretrained, save_pretrained
 from .training import load_trained
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__  # re-exported
 
 __all__ = [
     "ConfigError",

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from .patch import PatchLedger
 from .config import VTCConfig
 from .errors import PlaceholderMismatchError
 from .layout import BatchLayout
+from .patch import PatchLedger
 
 __all__ = ["STATE_ATTR", "CallState", "ForwardArguments", "VTCState", "call_arguments", "install_instrumentation"]
 

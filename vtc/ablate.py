@@ -1,32 +1,30 @@
 """The ablation behind `vtc ablate`: the accuracy of every configuration of a grid against what it costs.
 
     rows = evaluate_grid(model, processor, default_grid(), {"majority-colour": samples}, family="my-model")
-    print(format_table(rows)); print(legend(rows, samples_per_task=64))
+    print(format_table(rows)); print(legend(rows))
 
 Each configuration is applied with `vtc.compress` once per model and scored with `vtc.evaluate` on every task's
 samples; its prefill FLOPs are relative to the same model's `baseline` row on the same task. A configuration the model
 refuses (`ConfigError`, e.g. RVTC on a family with one fixed resolution) gets a skipped row per task, with a one-line
 reason. Latency is joined in only where it means something (a real checkpoint, `add_latency`): on tiny models it
-measures Python overhead, not compute.
+measures Python overhead, not compute. Every row is a `vtc.bench.AblationRow` (`ConfigResult` is the same class).
 
 Trained runs (`vtc train` output folders, `vtc ablate --trained`) join the table as rows of their own:
 
-    run = TrainedRun.read("runs/pvtc-r4")               # what it compresses with and how it was trained
-    model, processor = run.load()                       # vtc.training.load_trained(folder, merge_lora=True)
-    trained = evaluate_trained(model, processor, run, tasks, family=family, name=trained_row_name(run))
+    runs = [TrainedRun.read("runs/pvtc-r4")]            # what each compresses with and how it was trained
+    trained = evaluate_trained_runs(runs, tasks)        # each loaded in turn (LoRA merged) and scored
     rows = join_trained(rows, trained)                  # each right after the grid row of its configuration
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from .api import compress, unpatch
@@ -35,13 +33,17 @@ from .config import LVTCConfig, PVTCConfig, RVTCConfig, VTCConfig
 from .errors import ConfigError, VTCError
 from .evaluate import evaluate
 from .tasks import Sample
+from .training.trained import TrainedRun
 
 if TYPE_CHECKING:
     from .plots import ParetoPoint
 
-__all__ = ["ConfigResult", "TrainedRun", "add_latency", "components", "config_label", "default_grid",
-           "evaluate_grid", "evaluate_trained", "format_table", "join_trained", "legend", "pareto_points",
-           "trained_row_name", "write_pareto", "write_rows"]
+__all__ = ["AblationRow", "ConfigResult", "RunLoadError", "TrainedRun", "add_latency", "components", "config_label",
+           "default_grid", "evaluate_grid", "evaluate_trained", "evaluate_trained_runs", "format_table",
+           "join_trained", "legend", "pareto_points", "trained_row_name", "write_pareto", "write_rows"]
+
+#: A table row: the same class as `AblationRow`, under a second name.
+ConfigResult = AblationRow
 
 BASELINE = "baseline"
 COMPONENTS = ("pvtc", "lvtc", "rvtc")
@@ -95,31 +97,6 @@ def config_label(config: VTCConfig) -> str:
     return f"{name}-custom" if name in grid and grid[name] != config else name
 
 
-@dataclass
-class ConfigResult:
-    """One configuration on one task of one model. `flops_rel` is relative to the `baseline` row of the same model
-    and task; the latency fields are `None` unless measured (`add_latency`). A skipped row has `skipped` set to the
-    reason and `None` for every measurement. A trained run's row (`evaluate_trained`) has `trained` set to how it was
-    trained (e.g. `compressor, 7 steps, lm`) and `run` to its folder; both are `None` on the training-free rows."""
-
-    family: str
-    task: str
-    config_name: str
-    config: dict[str, Any]
-    n: int
-    accuracy: float | None
-    visual_tokens: float | None
-    prefill_flops: float | None
-    flops_rel: float | None = None
-    latency_ms: float | None = None
-    latency_rel: float | None = None
-    kv_cache_mb: float | None = None
-    peak_mem_mb: float | None = None
-    skipped: str | None = None
-    trained: str | None = None
-    run: str | None = None
-
-
 def skip_reason(error: ConfigError) -> str:
     """The short form of why a configuration does not apply: the value's repr and the hints would make it a
     paragraph."""
@@ -135,7 +112,7 @@ def evaluate_grid(
     family: str,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
-) -> list[ConfigResult]:
+) -> list[AblationRow]:
     """Score every configuration of `grid` on every task's samples; one row per (task, configuration), by task.
 
     Args:
@@ -153,15 +130,15 @@ def evaluate_grid(
         try:  # once per model, not per task: compress is atomic, and a refusal holds for every task
             compress(model, config, processor=processor)
         except ConfigError as error:
-            rows += [ConfigResult(family, task, name, config.to_dict(), len(samples), None, None, None,
-                                  skipped=skip_reason(error)) for task, samples in tasks.items()]
+            rows += [AblationRow(family, task, name, config.to_dict(), len(samples), None, None, None,
+                                 skipped=skip_reason(error)) for task, samples in tasks.items()]
             if progress is not None:
                 progress(sum(map(len, tasks.values())))
             continue
         for task, samples in tasks.items():
             result = evaluate(model, processor, samples, batch_size=batch_size, progress=False)
-            rows.append(ConfigResult(family, task, name, config.to_dict(), result.n, result.accuracy,
-                                     result.visual_tokens, result.prefill_flops))
+            rows.append(AblationRow(family, task, name, config.to_dict(), result.n, result.accuracy,
+                                    result.visual_tokens, result.prefill_flops))
             if progress is not None:
                 progress(len(samples))
     unpatch(model)
@@ -174,110 +151,6 @@ def evaluate_grid(
 
 
 # ------------------------------------------------------------------------------------------------------ trained runs
-@dataclass(frozen=True)
-class TrainedRun:
-    """A training run's output folder (`vtc train`, `vtc.training.train_run`), as read without loading a model:
-    its compression (`vtc_config.json`) and what its `vtc_training.json` records.
-
-    Args:
-        folder: the run's output folder.
-        config: the configuration it compresses with.
-        stage: `compressor`, `full` or `lora`.
-        steps: the optimizer steps it ran, if recorded.
-        objective: `lm` or `distill`, if recorded.
-        base_model: the backbone it started from as recorded: `reference:FAMILY` or a folder; `None` if not recorded.
-    """
-
-    folder: Path
-    config: VTCConfig
-    stage: str
-    steps: int | None = None
-    objective: str | None = None
-    base_model: str | None = None
-
-    @classmethod
-    def read(cls, folder: str | Path) -> TrainedRun:
-        """Read the run folder `folder`.
-
-        Raises:
-            ValueError: it is not a run folder (no `vtc_config.json`), or a file in it does not parse; the message
-                says which and what to give instead.
-        """
-        from .checkpoint import CONFIG_NAME
-        from .training.trained import TRAINING_RECORD, run_stage
-
-        folder = Path(folder)
-        if not folder.exists():
-            raise ValueError(f"no such folder: {folder}; give the output folder of a training run (vtc train)")
-        if not folder.is_dir():
-            raise ValueError(f"{folder} is a file; give the output folder of a training run (vtc train)")
-        if not (folder / CONFIG_NAME).is_file():
-            raise ValueError(f"{folder} has no {CONFIG_NAME}, so it is not the output folder of a training run; give "
-                             "a folder written by vtc train (or vtc.save_pretrained)")
-        try:
-            config = VTCConfig.load(folder / CONFIG_NAME)
-        except (ValueError, TypeError, VTCError) as error:
-            raise ValueError(f"{folder / CONFIG_NAME} is not a vtc configuration: {' '.join(str(error).split())}"
-                             ) from None
-        record_path = folder / TRAINING_RECORD
-        try:
-            record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-        except ValueError as error:
-            raise ValueError(f"{record_path} is not JSON: {error}") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{record_path} is not a training record (a JSON object)")
-        stage = run_stage(folder, record)
-        needed = {"full": ("config.json", "the fine-tuned backbone"), "lora": ("adapter_config.json", "the LoRA adapter")}
-        if stage in needed and not (folder / needed[stage][0]).is_file():
-            raise ValueError(f"{folder} is a {stage} run but has no {needed[stage][0]} ({needed[stage][1]}); give the "
-                             "complete output folder of the run")
-        steps = record.get("steps")
-        return cls(folder, config, stage, steps if isinstance(steps, int) else None, record.get("objective"),
-                   record.get("base_model"))
-
-    @property
-    def trained(self) -> str:
-        """How it was trained, for the table: e.g. `compressor, 7 steps, lm`."""
-        parts = [self.stage]
-        if self.steps is not None:
-            parts.append(f"{self.steps} steps")
-        if self.objective:
-            parts.append(str(self.objective))
-        return ", ".join(parts)
-
-    @property
-    def suffix(self) -> str:
-        """What its row name adds to the configuration's: e.g. `+full 1500 steps`."""
-        return f"+{self.stage}" + ("" if self.steps is None else f" {self.steps} steps")
-
-    def base_folder(self) -> Path | None:
-        """The folder of the backbone it started from (a reference model's for `reference:FAMILY`), resolved; `None`
-        where the record names none or an unknown reference family."""
-        from .training.trained import resolve_model
-
-        if self.base_model is None:
-            return None
-        try:
-            return resolve_model(self.base_model).resolve()
-        except ConfigError:  # reference:FAMILY of a family without a reference model
-            return None
-
-    def reference_family(self) -> str | None:
-        """The family whose reference model it started from (`reference:FAMILY`, or that model's folder); else
-        `None`."""
-        from .tasks.reference import reference_families, reference_path
-
-        base = self.base_folder()
-        return next((family for family in reference_families() if reference_path(family).resolve() == base), None)
-
-    def load(self, **options: Any) -> tuple[nn.Module, Any]:
-        """`vtc.training.load_trained(folder, merge_lora=True, **options)`: the trained, compressed model (a LoRA
-        adapter merged into the weights) and its processor."""
-        from .training.trained import load_trained
-
-        return load_trained(self.folder, merge_lora=True, **options)
-
-
 def trained_row_name(run: TrainedRun, others: Sequence[TrainedRun] = ()) -> str:
     """The row name of a trained run: the grid row of the same configuration (else `config_label`) plus the stage and
     steps, e.g. `pvtc-r4 +full 1500 steps`. Where another of `others` would get the same name, the folder's name is
@@ -301,21 +174,69 @@ def evaluate_trained(
     name: str,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
-) -> list[ConfigResult]:
+) -> list[AblationRow]:
     """Score the trained model of `run` (as `run.load()` returns it) on every task's samples, one row per task, as
     `evaluate_grid` scores a configuration. `flops_rel` is left to `join_trained`."""
     rows = []
     for task, samples in tasks.items():
         result = evaluate(model, processor, samples, batch_size=batch_size, progress=False)
-        rows.append(ConfigResult(family, task, name, run.config.to_dict(), result.n, result.accuracy,
-                                 result.visual_tokens, result.prefill_flops, trained=run.trained,
-                                 run=str(run.folder)))
+        rows.append(AblationRow(family, task, name, run.config.to_dict(), result.n, result.accuracy,
+                                result.visual_tokens, result.prefill_flops, trained=run.trained,
+                                run=str(run.folder)))
         if progress is not None:
             progress(len(samples))
     return rows
 
 
-def join_trained(rows: Sequence[ConfigResult], trained: Iterable[ConfigResult]) -> list[ConfigResult]:
+class RunLoadError(VTCError, OSError):
+    """A trained run whose model does not load (`TrainedRun.load`); `run` is the run, the cause says why."""
+
+    def __init__(self, run: TrainedRun, reason: Exception):
+        super().__init__(f"{run.folder} does not load: {reason}")
+        self.run = run
+
+
+def evaluate_trained_runs(
+    runs: Sequence[TrainedRun],
+    tasks: Mapping[str, Sequence[Sample]],
+    *,
+    family: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+    starting: Callable[[str], None] | None = None,
+) -> list[AblationRow]:
+    """The rows of every run of `runs` on every task's samples (`evaluate_trained`), under its row name
+    (`trained_row_name` among `runs`). Each run is loaded in turn (`run.load`, a LoRA adapter merged) on `device` in
+    `dtype`, and let go before the next: one trained model in memory at a time.
+
+    Args:
+        family: the family of every row, e.g. the model type of the checkpoint the runs started from; default: each
+            run's reference family (`TrainedRun.reference_family`).
+        progress: called with the number of samples done after each task of each run.
+        starting: called with a run's row name before it loads.
+
+    Raises:
+        RunLoadError: a run's model does not load.
+    """
+    rows = []
+    for run in runs:
+        name = trained_row_name(run, runs)
+        if starting is not None:
+            starting(name)
+        try:
+            model, processor = run.load(dtype=dtype, attn_implementation=attn_implementation)
+        except (OSError, ValueError) as error:  # transformers' reasons
+            raise RunLoadError(run, error) from error
+        rows += evaluate_trained(model.to(device), processor, run, tasks, family=family or run.reference_family(),
+                                 name=name, batch_size=batch_size, progress=progress)
+        del model, processor
+    return rows
+
+
+def join_trained(rows: Sequence[AblationRow], trained: Iterable[AblationRow]) -> list[AblationRow]:
     """The training-free `rows` with the `trained` rows among them: each right after the last row of the same family,
     task and configuration (the training-free one, then trained ones before it), else at the end of its family and
     task, else at the end. Sets each trained row's `flops_rel` against the `baseline` row of its family and task."""
@@ -331,7 +252,7 @@ def join_trained(rows: Sequence[ConfigResult], trained: Iterable[ConfigResult]) 
     return out
 
 
-def add_latency(rows: Iterable[ConfigResult], measured: Iterable[AblationRow]) -> None:
+def add_latency(rows: Iterable[AblationRow], measured: Iterable[AblationRow]) -> None:
     """Copy the latency, KV cache and peak memory of `vtc.bench.measure_configs` rows into the rows of the same
     configuration. Trained rows are left untimed."""
     by_name = {row.config_name: row for row in measured}
@@ -361,15 +282,15 @@ LATENCY_COLUMNS = (
 _NAMES = ("family", "task", "config_name", "trained")
 
 
-def _has_latency(rows: Sequence[ConfigResult]) -> bool:
+def _has_latency(rows: Sequence[AblationRow]) -> bool:
     return any(row.latency_ms is not None for row in rows)
 
 
-def _has_trained(rows: Sequence[ConfigResult]) -> bool:
+def _has_trained(rows: Sequence[AblationRow]) -> bool:
     return any(row.trained is not None for row in rows)
 
 
-def _cell(row: ConfigResult, attribute: str, fmt: str) -> str:
+def _cell(row: AblationRow, attribute: str, fmt: str) -> str:
     if row.skipped and attribute not in _NAMES:
         return "skipped" if attribute == "accuracy" else "-"
     value = getattr(row, attribute)
@@ -378,7 +299,7 @@ def _cell(row: ConfigResult, attribute: str, fmt: str) -> str:
     return fmt.format(value)
 
 
-def format_table(rows: Sequence[ConfigResult]) -> str:
+def format_table(rows: Sequence[AblationRow]) -> str:
     """The rows as an aligned text table; the `trained` column only where there are trained rows, the latency
     columns only where latency was measured."""
     columns = tuple(column for column in TABLE_COLUMNS if column[1] != "trained" or _has_trained(rows))
@@ -391,7 +312,7 @@ def format_table(rows: Sequence[ConfigResult]) -> str:
     return "\n".join(lines)
 
 
-def legend(rows: Sequence[ConfigResult], latency_setup: str | None = None) -> str:
+def legend(rows: Sequence[AblationRow], latency_setup: str | None = None) -> str:
     """What each column of `format_table(rows)` means and relative to what, then why a row was skipped (once per
     model and configuration). `latency_setup` says what the latency columns timed; `None`: latency was not measured.
     """
@@ -429,22 +350,28 @@ def legend(rows: Sequence[ConfigResult], latency_setup: str | None = None) -> st
     return "\n".join(lines)
 
 
-def write_rows(rows: Sequence[ConfigResult], out_dir: Path, environment: dict[str, Any]) -> tuple[Path, Path]:
+#: The columns of `ablate.jsonl` and `ablate.csv`: a row's fields up to `run`, without the per-sample and per-layer
+#: lists of a timed prefill.
+FILE_COLUMNS = ("family", "task", "config_name", "config", "n", "accuracy", "visual_tokens", "prefill_flops",
+                "flops_rel", "latency_ms", "latency_rel", "kv_cache_mb", "peak_mem_mb", "skipped", "trained", "run")
+
+
+def write_rows(rows: Sequence[AblationRow], out_dir: Path, environment: dict[str, Any]) -> tuple[Path, Path]:
     """Write the rows to `ablate.jsonl` (with the environment) and `ablate.csv` under `out_dir`; return both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl, csv_path = out_dir / "ablate.jsonl", out_dir / "ablate.csv"
-    records = [dataclasses.asdict(row) for row in rows]
+    records = [{column: getattr(row, column) for column in FILE_COLUMNS} for row in rows]
     with jsonl.open("w") as f:
         for record in records:
             f.write(json.dumps({**record, "environment": environment}) + "\n")
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer = csv.DictWriter(f, fieldnames=list(FILE_COLUMNS))
         writer.writeheader()
         writer.writerows({**record, "config": json.dumps(record["config"])} for record in records)
     return jsonl, csv_path
 
 
-def pareto_points(rows: Sequence[ConfigResult]) -> list[ParetoPoint]:
+def pareto_points(rows: Sequence[AblationRow]) -> list[ParetoPoint]:
     """The `vtc.plots.ParetoPoint` of every measured row (skipped rows have none), training-free and trained; a
     trained point has `trained` set to its row name, the label drawn next to it."""
     from .plots import ParetoPoint
@@ -454,7 +381,7 @@ def pareto_points(rows: Sequence[ConfigResult]) -> list[ParetoPoint]:
             for row in rows if row.skipped is None]
 
 
-def write_pareto(rows: Sequence[ConfigResult], path: Path) -> Path:
+def write_pareto(rows: Sequence[AblationRow], path: Path) -> Path:
     """Draw `pareto_points(rows)` with `vtc.plots.pareto` (needs matplotlib) to `path`; return it."""
     from .plots import pareto
 

@@ -20,11 +20,11 @@ from typing import Any
 from torch import nn
 
 from ._compile_guards import require_hook_guards
-from .patch import PatchLedger
 from ._state import STATE_ATTR, VTCState, install_instrumentation
 from .checkpoint import CheckpointWriter
 from .config import VTCConfig
 from .errors import ConfigError, UnsupportedModelError
+from .patch import PatchLedger
 from .registry import get_adapter
 
 __all__ = ["compress", "disabled", "get_adapter_of", "get_config", "is_compressed", "last_stats", "unpatch"]

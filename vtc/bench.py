@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,29 +28,40 @@ __all__ = ["AblationRow", "example_inputs", "kv_cache_megabytes", "measure_confi
 
 InputsFn = Callable[[Any], Mapping[str, Any]]
 
+
 @dataclass
 class AblationRow:
-    """One configuration's measurements. `*_rel` fields are relative to the row named `baseline`.
+    """One configuration of one model: a row of the `vtc ablate` table. Scored on a task's samples
+    (`vtc.ablate.evaluate_grid`), or a timed prefill of one batch (`measure_configs`, with `task` None), or both
+    joined (`vtc.ablate.add_latency`).
 
-    A skipped configuration has `skipped` set to the reason and `None` for every measurement.
+    `visual_tokens` and `prefill_flops` are means per sample over the `n` samples; `flops_rel` and `latency_rel` are
+    relative to the `baseline` row of the same model (and task); every measurement is `None` where it was not taken.
+    A skipped row has `skipped` set to why the configuration does not apply and `None` for every measurement. A
+    trained run's row (`vtc.ablate.evaluate_trained`) has `trained` set to how it was trained (e.g. `compressor, 7
+    steps, lm`) and `run` to its folder; both are `None` on the training-free rows. The fields up to `run` are the
+    columns of the files `vtc ablate` writes; the last three, per sample and per layer, only `measure_configs` fills.
     """
 
     family: str
+    task: str | None
     config_name: str
     config: dict[str, Any]
-    batch_size: int | None
-    visual_tokens: list[int] | None
-    layer_seq_lens: list[int] | None
-    mean_layer_seq_len: float | None
-    flops: int | None
-    latency_ms: float | None
-    latency_ms_all: list[float] | None
-    kv_cache_mb: float | None
-    peak_mem_mb: float | None
-    flops_rel: float | None = 1.0
-    latency_rel: float | None = 1.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    n: int
+    accuracy: float | None
+    visual_tokens: float | None
+    prefill_flops: float | None
+    flops_rel: float | None = None
+    latency_ms: float | None = None
+    latency_rel: float | None = None
+    kv_cache_mb: float | None = None
+    peak_mem_mb: float | None = None
     skipped: str | None = None
+    trained: str | None = None
+    run: str | None = None
+    sample_visual_tokens: list[int] | None = None  # each sample's image placeholders
+    layer_seq_lens: list[int] | None = None  # the tokens each decoder layer ran
+    latency_ms_all: list[float] | None = None  # every timed round
 
 
 def example_inputs(processor: Any, image_sizes: Sequence[tuple[int, int]], *, batch: int = 1,
@@ -170,36 +181,29 @@ def measure_configs(
                     progress()
     unpatch(model)
 
+    # Every configuration times a batch of the same samples: a skipped one would have too.
+    batch = next((len(record["visual_tokens"]) or 1 for record in stats.values()), 0)
     rows = []
     for name in names:
         if name in skipped:
-            rows.append(AblationRow(
-                family=family, config_name=name, config=configs[name].to_dict(), batch_size=None,
-                visual_tokens=None, layer_seq_lens=None, mean_layer_seq_len=None, flops=None, latency_ms=None,
-                latency_ms_all=None, kv_cache_mb=None, peak_mem_mb=None, flops_rel=None, latency_rel=None,
-                skipped=skipped[name],
-            ))
+            rows.append(AblationRow(family, None, name, configs[name].to_dict(), batch, None, None, None,
+                                    skipped=skipped[name]))
             continue
         record = stats[name]
-        lens = record["layer_seq_lens"]
-        batch = len(record["visual_tokens"]) or 1
         rows.append(AblationRow(
-            family=family,
-            config_name=name,
-            config=configs[name].to_dict(),
-            batch_size=batch,
-            visual_tokens=record["visual_tokens"],
-            layer_seq_lens=lens,
-            mean_layer_seq_len=sum(lens) / len(lens),
-            flops=batch * prefill_flops(text_config, lens).total,
+            family, None, name, configs[name].to_dict(), batch, accuracy=None,
+            visual_tokens=sum(record["visual_tokens"]) / batch,
+            prefill_flops=prefill_flops(text_config, record["layer_seq_lens"]).total,
             latency_ms=statistics.median(timings[name]),
-            latency_ms_all=timings[name],
             kv_cache_mb=cache_mb[name],
             peak_mem_mb=peak_mb[name],
+            sample_visual_tokens=record["visual_tokens"],
+            layer_seq_lens=record["layer_seq_lens"],
+            latency_ms_all=timings[name],
         ))
     measured = [row for row in rows if row.skipped is None]
     reference = next((r for r in measured if r.config_name == "baseline"), measured[0] if measured else None)
     for row in measured:
-        row.flops_rel = row.flops / reference.flops
+        row.flops_rel = row.prefill_flops / reference.prefill_flops
         row.latency_rel = row.latency_ms / reference.latency_ms
     yield from rows

@@ -1,7 +1,9 @@
 """Accuracy and cost of a model on samples with known answers, compressed or not.
 
-    result = vtc.evaluate(model, processor, vtc.tasks.synthetic("majority-colour", "test", 256))
+    samples = vtc.tasks.synthetic("majority-colour", "test", 256)
+    result = vtc.evaluate(model, processor, samples)
     result.accuracy, result.visual_tokens, result.prefill_flops
+    result.save("out/", samples)        # eval.json and eval.jsonl, as `vtc eval` writes them
 
 Generation is batched, greedy and left-padded. The costs are means over samples and do not depend on `batch_size`:
 a sample's visual tokens are its own placeholders, and its prefill FLOPs count the tokens each decoder layer
@@ -10,9 +12,11 @@ processed for it, without the padding that batching adds.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -72,6 +76,25 @@ class EvalResult:
             "seconds": self.seconds,
             "per_sample": [outcome._asdict() for outcome in self.per_sample],
         }
+
+    def save(self, folder: str | Path, samples: Sequence[Sample], **details: Any) -> tuple[Path, Path]:
+        """Write the result into `folder` (made if missing), as `vtc eval --out` does, and return both paths:
+
+        * `eval.json`: the means (`to_dict()` without `per_sample`), then `details` (e.g. the model, the data, the
+          configuration, as JSON values);
+        * `eval.jsonl`: one line per sample, its index, task and question beside its outcome; `samples` are those
+          `evaluate` was given, in the same order.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        summary, per_sample = folder / "eval.json", folder / "eval.jsonl"
+        record = {key: value for key, value in self.to_dict().items() if key != "per_sample"}
+        summary.write_text(json.dumps({**record, **details}, indent=2) + "\n")
+        with per_sample.open("w") as f:
+            for index, (sample, outcome) in enumerate(zip(samples, self.per_sample)):
+                f.write(json.dumps({"index": index, "task": sample.task, "question": sample.question,
+                                    **outcome._asdict()}) + "\n")
+        return summary, per_sample
 
 
 def _default_max_new_tokens(tokenizer: Any, samples: Sequence[Sample]) -> int:

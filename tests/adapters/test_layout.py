@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import vtc
+from vtc.registry import get_adapter
 from vtc.testing import (
     TINY_FAMILIES,
     build_tiny_model,
@@ -12,7 +13,6 @@ from vtc.testing import (
     tiny_batch,
     tiny_images,
 )
-from vtc.registry import get_adapter
 
 
 def placeholder_positions(row, image_token):

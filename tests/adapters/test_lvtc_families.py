@@ -9,6 +9,8 @@ from references import vtc_hooks
 from transformers.utils import is_flash_attn_2_available
 
 import vtc
+from vtc.ops import compressed_lengths
+from vtc.registry import get_adapter
 from vtc.testing import (
     TINY_FAMILIES,
     build_tiny_model,
@@ -18,8 +20,6 @@ from vtc.testing import (
     tiny_batch,
     tiny_images,
 )
-from vtc.ops import compressed_lengths
-from vtc.registry import get_adapter
 
 ATTENTION = ("sdpa", "eager")
 NUM_LAYERS = 4

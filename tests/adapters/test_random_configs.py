@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from references import vtc_hooks
 
 import vtc
-from vtc.testing import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
 from vtc.ops import compressed_lengths
+from vtc.testing import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
 
 NUM_LAYERS = 4  # of every tiny model
 NAN, INF = float("nan"), float("inf")

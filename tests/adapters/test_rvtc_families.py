@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
 import vtc
-from vtc.testing import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
 from vtc.rvtc import plan_tiles
+from vtc.testing import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
 
 DYNAMIC = tuple(f for f in TINY_FAMILIES if f != "llava")
 QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")

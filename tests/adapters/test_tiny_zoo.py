@@ -15,6 +15,7 @@ from vtc.testing import (
     build_tiny_model,
     build_tiny_processor,
     default_image_sizes,
+    image_placeholder,
     tiny_batch,
     tiny_images,
     tiny_tokenizer,
@@ -117,6 +118,14 @@ def test_processor_is_the_real_class(family):
     assert processor.tokenizer.padding_side == "left"
 
 
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_chat_template_writes_the_family_placeholder(family):
+    processor = build_tiny_processor(family)
+    content = [{"type": "text", "text": "w1 "}, {"type": "image"}, {"type": "text", "text": " w2 ?"}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}])
+    assert prompt == f"w1 {image_placeholder(family)} w2 ?"
+
 def test_default_counts_and_bigger_qwen_grids():
     # The default batch-1 image gives the families' usual counts.
     expected = {"internvl": 16, "llava": 64, "llava_next": 234, "llava_onevision": 234}
@@ -145,7 +154,7 @@ def test_tokenizer():
 
 
 def test_unknown_family():
-    for build in (build_tiny_model, build_tiny_processor, tiny_tokenizer):
+    for build in (build_tiny_model, build_tiny_processor, tiny_tokenizer, image_placeholder):
         with pytest.raises(ValueError, match="qwen3_vl"):
             build("blip")
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 import vtc
-from vtc.testing import REFERENCE_FAMILIES as FAMILIES
 from vtc.tasks import reference_families, reference_model
 from vtc.tasks.reference import reference_path, reference_record
 from vtc.tasks.train_reference import TARGETS, greedy_scores, train
+from vtc.testing import REFERENCE_FAMILIES as FAMILIES
 
 CHECK_SIZE = 64  # samples per task: the first 64 of the 128 test samples the training run scored
 
@@ -21,6 +23,47 @@ def test_every_recipe_family_is_shipped():
 def test_unknown_family_is_a_config_error_naming_the_available_ones():
     with pytest.raises(vtc.ConfigError, match="llava"):
         reference_model("no_such_family")
+
+
+# What a saved file records about how it was written, not what was built: the library version, the weights' dtype,
+# the padding the tokenizer last ran with.
+SAVE_METADATA = ("transformers_version", "dtype", "padding")
+
+
+def assert_has_the_shipped_values(built: dict, shipped: dict, where: str = "") -> None:
+    """`built` has every key of `shipped` (a shipped JSON file), with the same value, metadata aside."""
+    for key, value in shipped.items():
+        if key in SAVE_METADATA:
+            continue
+        assert key in built, where + key
+        if isinstance(value, dict) and isinstance(built[key], dict):
+            assert_has_the_shipped_values(built[key], value, f"{where}{key}.")
+        else:
+            assert built[key] == value, where + key
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_recipe_rebuilds_what_was_shipped(family, tmp_path):
+    # The family recipe at the reference sizes builds what was trained and shipped: the same config, generation
+    # config, processor, chat template and tokenizer (only the weights differ: these are untrained).
+    from vtc.tasks import vocabulary
+    from vtc.testing import build_reference_model
+
+    model, processor = build_reference_model(family, vocabulary(), seed=0)
+    folder = reference_path(family)
+    config = json.loads((folder / "config.json").read_text())
+    assert config.pop("architectures") == [type(model).__name__]
+    assert_has_the_shipped_values(json.loads(model.config.to_json_string()), config)
+
+    processor.save_pretrained(tmp_path)
+    model.generation_config.save_pretrained(tmp_path)
+    for name in ("generation_config.json", "processor_config.json", "tokenizer_config.json", "tokenizer.json"):
+        built, shipped = (json.loads((where / name).read_text()) for where in (tmp_path, folder))
+        assert_has_the_shipped_values(built, shipped, f"{name}: ")
+    template = folder / "chat_template.jinja"
+    assert (tmp_path / template.name).exists() == template.exists()
+    if template.exists():
+        assert (tmp_path / template.name).read_text() == template.read_text()
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vtc
-from vtc.testing import build_tiny_model, build_tiny_processor, processor_without_video, tiny_images
 from vtc.api import get_adapter_of
 from vtc.tasks import Sample, build_prompt
 from vtc.tasks.synthetic import COLOURS
+from vtc.testing import build_tiny_model, build_tiny_processor, processor_without_video, tiny_images
 from vtc.training import IGNORE_INDEX, VTCCollator
 
 FAMILIES = ("llava", "qwen2_vl", "internvl", "reference:llava", "reference:qwen2_vl", "bpe:qwen2_vl")

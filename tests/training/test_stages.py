@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 import vtc
-from vtc.testing import build_tiny_model, build_tiny_processor, tiny_images
 from vtc.tasks import Sample
+from vtc.testing import build_tiny_model, build_tiny_processor, tiny_images
 from vtc.training import VTCCollator, lm_loss, prepare_stage
 
 FAMILIES = ("llava", "qwen2_vl", "internvl")

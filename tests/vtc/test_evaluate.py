@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import vtc
-from vtc.testing import IMAGE_TOKEN_IDS, build_tiny_model, build_tiny_processor
 from vtc.evaluate import ANSWER_MARGIN
 from vtc.flops import prefill_flops, uniform_layer_lens
 from vtc.tasks import Sample, build_prompt, score, synthetic
+from vtc.testing import IMAGE_TOKEN_IDS, build_tiny_model, build_tiny_processor
 
 MAX_NEW_TOKENS = 4
 PVTC = vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4))

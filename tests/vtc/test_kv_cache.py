@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import vtc
-from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
 from vtc.bench import kv_cache_megabytes
 from vtc.registry import get_adapter
+from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
 
 FAMILIES = ("llava", "qwen2_vl", "internvl")
 K, L = 1, 3  # of the tiny models' 4 decoder layers

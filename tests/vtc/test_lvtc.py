@@ -12,8 +12,8 @@ from references import reference_groups
 from transformers import StaticCache
 
 import vtc
-from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
 from vtc.lvtc import GATE_NAME
+from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
 
 NUM_LAYERS = 4
 

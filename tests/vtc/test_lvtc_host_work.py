@@ -33,9 +33,9 @@ from transformers import DynamicCache
 import vtc
 from vtc import lvtc as lvtc_module
 from vtc._state import STATE_ATTR
-from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
 from vtc.ops import cell_mask, compact_mask, group_index
 from vtc.registry import get_adapter
+from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
 
 FAMILIES = ("llava", "llava_next", "qwen2_vl", "internvl")
 K, L = 1, 3  # of the tiny models' 4 decoder layers

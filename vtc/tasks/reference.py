@@ -3,7 +3,7 @@
     model, processor = vtc.tasks.reference_model(family)     # a family of vtc.tasks.reference_families()
 
 Each is a ``...ForConditionalGeneration`` of its family's transformers class (about 0.8 M parameters) with the family's
-real processor class, trained from scratch by ``python -m vtc.tasks.train_reference FAMILY``: one visual token per
+real processor class, trained from scratch by ``python -m vtc.cli.train_reference FAMILY``: one visual token per
 8-px cell of the tasks' 48 x 48 images, so the uncompressed model reads a grid exactly and training-free compression
 visibly costs it the fine task (`grid-readout`) but not the coarse ones. The folder of each model
 (``reference_path(family)``) also loads with ``AutoModelForImageTextToText.from_pretrained``; its ``training.json``

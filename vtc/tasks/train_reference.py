@@ -1,15 +1,15 @@
 """Train the reference models: tiny real-class multimodal LLMs that solve the synthetic tasks, built from scratch.
 
-    python -m vtc.tasks.train_reference FAMILY [--out DIR] [--steps N] [--seed S]
+    result = train(family, seed=0)                       # or: python -m vtc.cli.train_reference FAMILY
+    save(result, reference_folder(family), family=family, seed=0)
 
 The recipes (model sizes, processors, tokenizers) live with the adapters (`vtc.testing`). Training is
 multi-task (every batch mixes the three tasks), teacher-forced, with the loss on the answer tokens and the
 end-of-sequence token only; the loss is the mean over each task's answer tokens, averaged over the tasks (so the 37
 supervised tokens of a read-out do not drown the one-word answers).
 
-The run stops as soon as the greedy test scores reach the targets (``TARGETS``) at ``--confirm`` evaluations in a row,
-or at ``--steps``; it writes ``model.save_pretrained``, ``processor.save_pretrained`` and ``training.json`` into
-``--out``.
+The run stops as soon as the greedy test scores reach the targets (``TARGETS``) at ``confirm`` evaluations in a row,
+or at ``steps``; ``save`` writes ``model.save_pretrained``, ``processor.save_pretrained`` and ``training.json``.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vtc.testing import REFERENCE_EOS_ID, REFERENCE_FAMILIES, REFERENCE_PAD_ID, build_reference_model
+from vtc.testing import REFERENCE_EOS_ID, REFERENCE_PAD_ID, build_reference_model
+
 from .prompt import build_prompt
 from .sample import Sample
 from .synthetic import available, score, synthetic, vocabulary
 
-__all__ = ["TARGETS", "greedy_scores", "main", "save", "train"]
+__all__ = ["TARGETS", "greedy_scores", "reference_folder", "save", "train"]
 
 #: The mean greedy test score each task must reach (uncompressed).
 TARGETS: dict[str, float] = {"grid-readout": 0.99, "majority-colour": 0.95, "more-red": 0.95}
@@ -196,6 +197,11 @@ def train(
                 wall_seconds=time.perf_counter() - start, scores=scores)
 
 
+def reference_folder(family: str) -> Path:
+    """Where `family`'s shipped reference model lives (`vtc.tasks.reference_path`), whether or not it exists yet."""
+    return Path(__file__).parent / "reference" / family
+
+
 def save(result: dict[str, Any], out: str | Path, *, family: str, seed: int, extra: dict | None = None) -> Path:
     """Write the trained model, its processor and `training.json` into `out`."""
     out = Path(out)
@@ -216,34 +222,3 @@ def save(result: dict[str, Any], out: str | Path, *, family: str, seed: int, ext
     )
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import OneLineErrorParser, non_negative_int, positive_float, positive_int
-
-    parser = OneLineErrorParser(prog="python -m vtc.tasks.train_reference", description=__doc__.split("\n")[0])
-    parser.add_argument("family", choices=REFERENCE_FAMILIES)
-    parser.add_argument("--out", default=None, help="output folder (default: vtc/tasks/reference/FAMILY)")
-    parser.add_argument("--steps", type=positive_int, default=3000, help="step cap (default 3000)")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.add_argument("--batch-size", type=positive_int, default=32)
-    parser.add_argument("--lr", type=positive_float, default=2e-3)
-    parser.add_argument("--eval-every", type=non_negative_int, default=100, help="0: no evaluation")
-    parser.add_argument("--eval-size", type=positive_int, default=128)
-    parser.add_argument("--confirm", type=positive_int, default=2,
-                        help="stop once the targets are met at this many evaluations in a row (default 2)")
-    parser.add_argument("--threads", type=positive_int, default=1)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    result = train(args.family, steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-                   eval_every=args.eval_every, eval_size=args.eval_size, confirm=args.confirm)
-    out = args.out or Path(__file__).parent / "reference" / args.family
-    save(result, out, family=args.family, seed=args.seed,
-         extra=dict(eval_size=args.eval_size, batch_size=args.batch_size, lr=args.lr, confirm=args.confirm,
-                    threads=args.threads))
-    print(f"saved {out}: {result['steps']} steps, {result['wall_seconds']:.0f}s, scores {result['scores']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

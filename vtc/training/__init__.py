@@ -25,9 +25,10 @@ from ..checkpoint import (
 )
 from ..pretrained import load_pretrained, save_pretrained
 from .collator import IGNORE_INDEX, VTCCollator
+from .data import evaluation_samples, evaluation_sources, interleave, training_samples
 from .losses import distillation_loss, lm_loss
 from .stages import STAGES, lora_target_modules, prepare_stage, trainable_parameter_names
-from .trained import TRAINING_RECORD, load_trained
+from .trained import TRAINING_RECORD, TrainedRun, load_trained
 
 __all__ = [
     "CONFIG_NAME",
@@ -37,10 +38,14 @@ __all__ = [
     "TRAINING_RECORD",
     "WEIGHTS_NAME",
     "CheckpointWriter",
+    "TrainedRun",
     "VTCCheckpointCallback",
     "VTCCollator",
     "VTCTrainer",
     "distillation_loss",
+    "evaluation_samples",
+    "evaluation_sources",
+    "interleave",
     "is_vtc_name",
     "lm_loss",
     "load_pretrained",
@@ -51,6 +56,7 @@ __all__ = [
     "prepare_stage",
     "save_pretrained",
     "trainable_parameter_names",
+    "training_samples",
     "unwrap",
     "vtc_state_dict",
 ]

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 
 from ..api import compress
+from ..checkpoint import unwrap
 from ..config import VTCConfig
 from ..errors import ConfigError
 from ..tasks import Sample
-from ..checkpoint import unwrap
 from .collator import VTCCollator
 from .stages import STAGES, prepare_stage, trainable_parameter_names
 from .trained import resolve_model, write_training_record

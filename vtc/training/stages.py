@@ -15,8 +15,8 @@ from typing import Any
 from torch import nn
 
 from ..api import get_adapter_of, get_config, is_compressed
-from ..errors import ConfigError
 from ..checkpoint import is_vtc_name, mark_only_vtc_trainable, unwrap
+from ..errors import ConfigError
 
 __all__ = ["STAGES", "lora_target_modules", "prepare_stage", "trainable_parameter_names"]
 

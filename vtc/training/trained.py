@@ -9,23 +9,27 @@ A run's output folder (`vtc train`, or a `VTCTrainer` run given `write_training_
 * `adapter_config.json` + `adapter_model.safetensors`: the PEFT LoRA adapter, for the `lora` stage;
 * the processor's files, saved before compression (uncompressed settings);
 * `vtc_training.json`: the stage, the objective, the base model it started from, and what the run measured.
+
+`TrainedRun.read(folder)` reads what a run folder holds without loading a model (`vtc ablate --trained`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
 from ..checkpoint import CONFIG_NAME
+from ..config import VTCConfig
+from ..errors import ConfigError, VTCError
 from ..pretrained import load_pretrained
 
-__all__ = ["REFERENCE_PREFIX", "TRAINING_RECORD", "load_trained", "resolve_model", "run_stage",
+__all__ = ["REFERENCE_PREFIX", "TRAINING_RECORD", "TrainedRun", "load_trained", "resolve_model", "run_stage",
            "write_training_record"]
 
 TRAINING_RECORD = "vtc_training.json"
@@ -118,3 +122,100 @@ def load_trained(folder: str | os.PathLike, *, processor: Any = None, base_model
         if merge_lora:
             model = model.merge_and_unload()
     return model.eval(), processor
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A training run's output folder (`vtc train`, `vtc.training.train_run`), as read without loading a model:
+    its compression (`vtc_config.json`) and what its `vtc_training.json` records.
+
+    Args:
+        folder: the run's output folder.
+        config: the configuration it compresses with.
+        stage: `compressor`, `full` or `lora`.
+        steps: the optimizer steps it ran, if recorded.
+        objective: `lm` or `distill`, if recorded.
+        base_model: the backbone it started from as recorded: `reference:FAMILY` or a folder; `None` if not recorded.
+    """
+
+    folder: Path
+    config: VTCConfig
+    stage: str
+    steps: int | None = None
+    objective: str | None = None
+    base_model: str | None = None
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> TrainedRun:
+        """Read the run folder `folder`.
+
+        Raises:
+            ValueError: it is not a run folder (no `vtc_config.json`), or a file in it does not parse; the message
+                says which and what to give instead.
+        """
+        folder = Path(folder)
+        if not folder.exists():
+            raise ValueError(f"no such folder: {folder}; give the output folder of a training run (vtc train)")
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is a file; give the output folder of a training run (vtc train)")
+        if not (folder / CONFIG_NAME).is_file():
+            raise ValueError(f"{folder} has no {CONFIG_NAME}, so it is not the output folder of a training run; give "
+                             "a folder written by vtc train (or vtc.save_pretrained)")
+        try:
+            config = VTCConfig.load(folder / CONFIG_NAME)
+        except (ValueError, TypeError, VTCError) as error:
+            raise ValueError(f"{folder / CONFIG_NAME} is not a vtc configuration: {' '.join(str(error).split())}"
+                             ) from None
+        record_path = folder / TRAINING_RECORD
+        try:
+            record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        except ValueError as error:
+            raise ValueError(f"{record_path} is not JSON: {error}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{record_path} is not a training record (a JSON object)")
+        stage = run_stage(folder, record)
+        needed = {"full": ("config.json", "the fine-tuned backbone"), "lora": (_PEFT_CONFIG, "the LoRA adapter")}
+        if stage in needed and not (folder / needed[stage][0]).is_file():
+            raise ValueError(f"{folder} is a {stage} run but has no {needed[stage][0]} ({needed[stage][1]}); give the "
+                             "complete output folder of the run")
+        steps = record.get("steps")
+        return cls(folder, config, stage, steps if isinstance(steps, int) else None, record.get("objective"),
+                   record.get("base_model"))
+
+    @property
+    def trained(self) -> str:
+        """How it was trained, for the table: e.g. `compressor, 7 steps, lm`."""
+        parts = [self.stage]
+        if self.steps is not None:
+            parts.append(f"{self.steps} steps")
+        if self.objective:
+            parts.append(str(self.objective))
+        return ", ".join(parts)
+
+    @property
+    def suffix(self) -> str:
+        """What its row name adds to the configuration's: e.g. `+full 1500 steps`."""
+        return f"+{self.stage}" + ("" if self.steps is None else f" {self.steps} steps")
+
+    def base_folder(self) -> Path | None:
+        """The folder of the backbone it started from (a reference model's for `reference:FAMILY`), resolved; `None`
+        where the record names none or an unknown reference family."""
+        if self.base_model is None:
+            return None
+        try:
+            return resolve_model(self.base_model).resolve()
+        except ConfigError:  # reference:FAMILY of a family without a reference model
+            return None
+
+    def reference_family(self) -> str | None:
+        """The family whose reference model it started from (`reference:FAMILY`, or that model's folder); else
+        `None`."""
+        from ..tasks.reference import reference_families, reference_path
+
+        base = self.base_folder()
+        return next((family for family in reference_families() if reference_path(family).resolve() == base), None)
+
+    def load(self, **options: Any) -> tuple[nn.Module, Any]:
+        """`load_trained(folder, merge_lora=True, **options)`: the trained, compressed model (a LoRA adapter merged
+        into the weights) and its processor."""
+        return load_trained(self.folder, merge_lora=True, **options)

@@ -20,8 +20,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from ..api import disabled
-from ..errors import ConfigError
 from ..checkpoint import WEIGHTS_NAME, is_vtc_name, load_vtc_weights, unwrap
+from ..errors import ConfigError
 from ..pretrained import save_pretrained
 from .losses import distillation_loss, lm_loss
 from .trained import write_training_record

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+import vtc
+
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "real_size.py"
 FAMILIES = ("llava", "qwen2_vl")
 PREFILL_ROWS = ["baseline", "pvtc r4", "pvtc r16", "lvtc r1", "lvtc r4", "lvtc r16", "rvtc", "pvtc r4 + lvtc r4"]
@@ -80,6 +82,16 @@ def real_size(import_benchmark):
     return import_benchmark("real_size")
 
 
+@pytest.fixture
+def models(import_benchmark):
+    return import_benchmark("real_size_models")
+
+
+@pytest.fixture
+def flash(import_benchmark):
+    return import_benchmark("real_size_flash")
+
+
 def test_time_guard_skips_what_does_not_fit_and_says_so(real_size, tmp_path):
     threads = torch.get_num_threads()
     try:
@@ -100,61 +112,62 @@ def test_the_plan_holds_only_the_phases_that_run(real_size):
                                                   "prefill batch 1"]
 
 
-def test_projector_cost_is_not_judged_where_the_oracle_itself_gains_nothing(real_size):
+def test_projector_cost_is_not_judged_where_the_oracle_itself_gains_nothing(import_benchmark):
     """At batch 1 a 7B decoder on a GPU waits for kernel launches: the oracle's shorter sequence saves no LM time,
     so a projector cost over "LM time saved" would divide by noise (993% in one H200 run)."""
-    assert real_size.projector_cost(2.0, 40.0, 3.0) == (0.05, "")
-    value, why = real_size.projector_cost(3.0, 0.3, 1.01)
+    prefill = import_benchmark("real_size_prefill")
+    assert prefill.projector_cost(2.0, 40.0, 3.0) == (0.05, "")
+    value, why = prefill.projector_cost(3.0, 0.3, 1.01)
     assert value is None and "bound by the host" in why and "1.01x" in why
-    assert real_size.projector_cost(3.0, -0.5, None) == (None, "n/a (no LM time saved)")
-    assert real_size.projector_cost(3.0, 1.0, real_size.HOST_BOUND_ORACLE_SPEEDUP)[0] == 3.0
+    assert prefill.projector_cost(3.0, -0.5, None) == (None, "n/a (no LM time saved)")
+    assert prefill.projector_cost(3.0, 1.0, prefill.HOST_BOUND_ORACLE_SPEEDUP)[0] == 3.0
 
 
-def test_flash_agrees_within_the_noise_floor_of_the_backends(real_size):
+def test_flash_agrees_within_the_noise_floor_of_the_backends(flash):
     bf16 = torch.bfloat16
-    mean_tol, max_tol = real_size.AGREE_TOLERANCE[bf16]
+    mean_tol, max_tol = flash.AGREE_TOLERANCE[bf16]
     # the H200 7B run: every backend differs from every other by ~7e-2 / 9e-2, beyond the fixed tolerance alone
     floor = (7.2e-2, 9.0e-2)
     assert not (7.1e-2 <= mean_tol and 8.9e-2 <= max_tol)
-    assert real_size.backends_agree((7.1e-2, 8.9e-2), floor, bf16)
-    assert real_size.backends_agree((7.2e-2, 9.0e-2), floor, bf16)
+    assert flash.backends_agree((7.1e-2, 8.9e-2), floor, bf16)
+    assert flash.backends_agree((7.2e-2, 9.0e-2), floor, bf16)
     # far outside the floor (a wrong mask changes the states by their own size), in either statistic
-    assert not real_size.backends_agree((0.9, 1.0), floor, bf16)
-    assert not real_size.backends_agree((7.1e-2, 0.5), floor, bf16)
-    assert not real_size.backends_agree((0.3, 8.9e-2), floor, bf16)
+    assert not flash.backends_agree((0.9, 1.0), floor, bf16)
+    assert not flash.backends_agree((7.1e-2, 0.5), floor, bf16)
+    assert not flash.backends_agree((0.3, 8.9e-2), floor, bf16)
     # just past the bound: NOISE_FACTOR x floor + the fixed tolerance, each statistic on its own
-    bound = real_size.agree_bound(floor, bf16)
-    assert bound == pytest.approx((real_size.NOISE_FACTOR * 7.2e-2 + mean_tol, real_size.NOISE_FACTOR * 9e-2 + max_tol))
-    assert real_size.backends_agree(bound, floor, bf16)
-    assert not real_size.backends_agree((bound[0] * 1.01, bound[1]), floor, bf16)
-    assert not real_size.backends_agree((bound[0], bound[1] * 1.01), floor, bf16)
+    bound = flash.agree_bound(floor, bf16)
+    assert bound == pytest.approx((flash.NOISE_FACTOR * 7.2e-2 + mean_tol, flash.NOISE_FACTOR * 9e-2 + max_tol))
+    assert flash.backends_agree(bound, floor, bf16)
+    assert not flash.backends_agree((bound[0] * 1.01, bound[1]), floor, bf16)
+    assert not flash.backends_agree((bound[0], bound[1] * 1.01), floor, bf16)
     # a floor of ~0 (tiny models, where backends agree to 1e-6): only the fixed tolerance applies
     f32 = torch.float32
     tiny_floor = (1e-7, 1e-6)
-    assert real_size.backends_agree((2e-6, 2e-5), tiny_floor, f32)
-    assert real_size.backends_agree((1e-2, 5e-2), (0.0, 0.0), bf16)
-    assert not real_size.backends_agree((1e-4, 2e-5), tiny_floor, f32)
-    assert not real_size.backends_agree((2e-6, 1e-3), tiny_floor, f32)
-    assert not real_size.backends_agree((3e-2, 5e-2), (0.0, 0.0), bf16)
+    assert flash.backends_agree((2e-6, 2e-5), tiny_floor, f32)
+    assert flash.backends_agree((1e-2, 5e-2), (0.0, 0.0), bf16)
+    assert not flash.backends_agree((1e-4, 2e-5), tiny_floor, f32)
+    assert not flash.backends_agree((2e-6, 1e-3), tiny_floor, f32)
+    assert not flash.backends_agree((3e-2, 5e-2), (0.0, 0.0), bf16)
 
 
-def check_flash_agrees(real_size, family_key: str, device: torch.device, dtype: torch.dtype) -> None:
+def check_flash_agrees(models, flash, family_key: str, device: torch.device, dtype: torch.dtype) -> None:
     """Every configuration of the script on the tiny model: no SDPA call gets a mask, and flash forced agrees with
     the default backend, prefill (final hidden states at every position) and decode (step logits), within the
-    default-vs-math noise floor plus the fixed tolerance (`real_size.backends_agree`)."""
-    family = real_size.FAMILY_CLASSES[family_key](True, device, dtype, "sdpa")
+    default-vs-math noise floor plus the fixed tolerance (`real_size_flash.backends_agree`)."""
+    family = models.FAMILY_CLASSES[family_key](True, device, dtype, "sdpa")
     model = family.build()
-    k, restore = real_size.vtc.LVTCConfig(compress_layer=2, restore_layer=-2, ratio=1).resolve_layers(
+    k, restore = vtc.LVTCConfig(compress_layer=2, restore_layer=-2, ratio=1).resolve_layers(
         model.config.text_config.num_hidden_layers)
-    rows = real_size.make_rows(family, model, [4, 16], k, restore)
+    rows = models.make_rows(family, model, [4, 16], k, restore)
     one = {row.inputs_key: family.inputs_one(model, None if row.inputs_key == "native" else row.config)
            for row in rows}
-    inputs = {key: real_size.expand(value, 2, device, dtype) for key, value in one.items()}
+    inputs = {key: models.expand(value, 2, device, dtype) for key, value in one.items()}
     checked = []
     for row in rows:
         if row.na is not None or row.name == "lvtc r1":
             continue
-        result = real_size.flash_check(model, family, row, inputs[row.inputs_key], repeats=1)
+        result = flash.flash_check(model, family, row, inputs[row.inputs_key], repeats=1)
         where = f"{family_key} {row.name}: {result}"
         assert result["masked_calls"] == 0 and result["decode_masked_calls"] == 0, where  # no padding, causal
         assert "prefill_error" not in result and "decode_error" not in result, where
@@ -166,11 +179,12 @@ def check_flash_agrees(real_size, family_key: str, device: torch.device, dtype: 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("family_key", FAMILIES)
-def test_flash_forced_agrees_with_default_backend_on_cuda(real_size, family_key):
-    check_flash_agrees(real_size, family_key, torch.device("cuda"), torch.bfloat16)
+def test_flash_forced_agrees_with_default_backend_on_cuda(models, flash, family_key):
+    check_flash_agrees(models, flash, family_key, torch.device("cuda"), torch.bfloat16)
 
 
-def test_decode_times_first_generations_apart_and_fills_a_short_round_baseline_first(real_size, monkeypatch):
+def test_decode_times_first_generations_apart_and_fills_a_short_round_baseline_first(import_benchmark, models,
+                                                                                      monkeypatch):
     """Each configuration's first generation is kept out of the decode figures; a round that does not fit whole
     runs as many generations as fit, the baseline first, and the time guard lists the rest."""
     clock = [0.0]
@@ -183,18 +197,20 @@ def test_decode_times_first_generations_apart_and_fills_a_short_round_baseline_f
         clock[0] += 10.0  # every generation takes 10 s of the guard's clock
         return {"ttft": 5.0, "decode": 100.0 + len(generations)}
 
-    monkeypatch.setattr(real_size, "time", fake_time)
-    monkeypatch.setattr(real_size, "generate_once", generate_once)
-    family = real_size.FAMILY_CLASSES["llava"](True, torch.device("cpu"), torch.float32, "sdpa")
+    run, decode = import_benchmark("real_size_run"), import_benchmark("real_size_decode")
+    monkeypatch.setattr(run, "time", fake_time)  # the guard's clock and the progress lines
+    monkeypatch.setattr(decode, "time", fake_time)
+    monkeypatch.setattr(decode, "generate_once", generate_once)
+    family = models.FAMILY_CLASSES["llava"](True, torch.device("cpu"), torch.float32, "sdpa")
     model = family.build()
-    rows = real_size.make_rows(family, model, [4], 2, 4)
+    rows = models.make_rows(family, model, [4], 2, 4)
     one = {row.inputs_key: family.inputs_one(model, None if row.inputs_key == "native" else row.config)
            for row in rows}
-    inputs = {key: real_size.expand(value, 1, torch.device("cpu"), torch.float32) for key, value in one.items()}
+    inputs = {key: models.expand(value, 1, torch.device("cpu"), torch.float32) for key, value in one.items()}
     live = [row.name for row in rows if row.na is None and row.name != "lvtc r1"]
-    guard = real_size.Guard(0.0)
+    guard = run.Guard(0.0)
     guard.deadline = 10.0 * len(live) + 25.0  # on the fake clock: the first generations, then room for two more
-    result = real_size.decode_phase(model, family, rows, inputs, 8, 2, guard, None, 1)
+    result = decode.decode_phase(model, family, rows, inputs, 8, 2, guard, None, 1)
 
     assert generations == live + live[:2]  # first generations, then a short round: the baseline and the next
     assert result["rounds"] == 1
@@ -210,5 +226,5 @@ def test_decode_times_first_generations_apart_and_fills_a_short_round_baseline_f
                                                                  entries["baseline"]["decode"])
     assert guard.skipped == [f"llava decode batch 1: round 1 of {', '.join(live[2:])}, rounds 2..2: skipped by the "
                              "time guard (25 s left)"]
-    table = real_size.decode_table(result, cuda=False)
+    table = import_benchmark("real_size_tables").decode_table(result, cuda=False)
     assert table.count("| - ") >= 2 * (len(live) - 2)  # no decode figure where no round ran

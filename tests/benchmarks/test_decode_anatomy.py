@@ -34,11 +34,11 @@ def test_every_row_runs_and_the_prompt_lengths_follow_the_config(anatomy, capsys
 def test_profile_subtracts_the_prefill(anatomy, import_benchmark):
     """What only the prefill runs (the vision tower's patch convolution) is gone from the decode steps' profile; what
     every step runs (the matrix products) is left, once or more per step."""
-    real_size = import_benchmark("real_size")
+    models = import_benchmark("real_size_models")
     device = torch.device("cpu")
-    family = real_size.FAMILY_CLASSES["llava"](True, device, torch.float32, "sdpa")
+    family = models.FAMILY_CLASSES["llava"](True, device, torch.float32, "sdpa")
     model = family.build()
-    inputs = real_size.expand(family.inputs_one(model, None), 1, device, torch.float32)
+    inputs = models.expand(family.inputs_one(model, None), 1, device, torch.float32)
     with torch.inference_mode():
         times, counts, calls = anatomy.profiled(model, inputs, 2, device)
     assert counts["aten::_convolution"] == 0

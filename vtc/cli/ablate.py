@@ -1,0 +1,213 @@
+"""`vtc ablate`: accuracy, visual tokens and FLOPs of every configuration of the grid side by side (`vtc.ablate`), on
+the reference models shipped with vtc or on a checkpoint folder (then timed too), with trained runs as rows of their
+own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .arguments import (
+    ATTENTION_CHOICES,
+    UsageError,
+    attention_backend,
+    checkpoint_folder,
+    device,
+    eval_data,
+    grid_configs,
+    image_sizes,
+    non_negative_int,
+    output_folder,
+    positive_int,
+    reference_families,
+    trained_run,
+)
+from .common import environment, load_model_argument, load_samples, quiet_transformers
+
+__all__ = ["ABLATE_TASK_SIZE", "add_parser", "run"]
+
+#: The latency options: they apply to --model only, as the default reports no latency.
+LATENCY_OPTIONS = ("batch", "repeats", "warmup", "image_sizes")
+DEFAULT_REPEATS, DEFAULT_WARMUP = 5, 1
+NO_LATENCY_REASON = "the default reports no latency: the reference models are too small to time"
+#: Test samples per synthetic task that `vtc ablate` evaluates without `--size`.
+ABLATE_TASK_SIZE = 64
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """What argparse cannot tell alone: which options go together."""
+    if args.model is None:
+        for name in LATENCY_OPTIONS:
+            if getattr(args, name) is not None:
+                raise UsageError(f"argument --{name.replace('_', '-')}: applies to --model only; {NO_LATENCY_REASON}")
+        if args.data is not None:
+            raise UsageError("argument --data: applies to --model only; the default evaluates the reference models "
+                             "on every synthetic task")
+    elif args.data is None:
+        raise UsageError("argument --data: required with --model: the samples to score it on, FILE.jsonl or "
+                         "task:NAME (e.g. task:majority-colour)")
+    for run in args.trained or ():  # each joins the rows of the model it started from
+        if run.base_model is None:
+            raise UsageError(f"argument --trained: {run.folder} records no base model (its vtc_training.json is "
+                             "missing or names none), so there are no rows of its model to join")
+        if args.model is not None and run.base_folder() != args.model.resolve():
+            raise UsageError(f"argument --trained: {run.folder} was trained from {run.base_model}, not from --model "
+                             f"{args.model}; give runs trained from --model")
+        if args.model is None and run.reference_family() is None:
+            raise UsageError(f"argument --trained: {run.folder} was trained from {run.base_model}, not from a "
+                             f"reference model shipped with vtc; compare it with its own base: vtc ablate --model "
+                             f"{run.base_model} --data task:NAME --trained {run.folder}")
+
+
+def _reference_models(args: argparse.Namespace, families: Sequence[str]):
+    """Yield `(family, model, processor)` for the reference model of each family, one at a time."""
+    import torch
+
+    from vtc import tasks
+
+    for family in families:
+        model, processor = tasks.reference_model(family, attn_implementation=args.attn)
+        yield family, model.to(device=args.device, dtype=getattr(torch, args.dtype)), processor
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from vtc import ablate, tasks
+    from vtc.plots import plotting_available
+
+    _check_arguments(args)
+    quiet_transformers()
+    torch.manual_seed(0)
+    grid = {name: config for name, config in ablate.default_grid().items()
+            if args.configs is None or name in {ablate.BASELINE, *args.configs}}
+    runs = list({run.folder.resolve(): run for run in args.trained or ()}.values())  # a folder given twice: once
+    # The data, then the checkpoint, before the progress bar is drawn: what does not load fails before anything runs.
+    if args.model:  # the data is one task
+        data = {str(args.data) if isinstance(args.data, str) else args.data.stem:
+                load_samples(args.data, args.size, ABLATE_TASK_SIZE)}
+        model, processor = load_model_argument(args.model, dtype=getattr(torch, args.dtype),
+                                               attn_implementation=args.attn)
+        model = model.to(args.device)
+        models, num_models = [(model.config.model_type, model, processor)], 1
+    else:
+        # With --trained: the families of the runs, and those --families names.
+        families = list(dict.fromkeys([*(args.families or ([] if runs else tasks.reference_families())),
+                                       *(run.reference_family() for run in runs)]))
+        data = {task: load_samples(task, args.size, ABLATE_TASK_SIZE) for task in tasks.available()}
+        models, num_models = _reference_models(args, families), len(families)
+    rows = []
+    with tqdm(total=num_models * len(grid) * sum(map(len, data.values())), desc="vtc ablate", unit="sample",
+              disable=args.quiet, file=sys.stderr) as bar:
+        for family, model, processor in models:
+            bar.set_postfix_str(family)
+            rows += ablate.evaluate_grid(model, processor, grid, data, family=family, batch_size=args.batch_size,
+                                         progress=bar.update)
+    latency_setup = _measure_latency(args, model, processor, grid, rows) if args.model else None
+    if runs:
+        checkpoint_family = family if args.model else None
+        del models, model, processor  # the trained models load with their own copy of the backbone
+        rows = ablate.join_trained(rows, _evaluate_trained_runs(args, runs, data, checkpoint_family))
+    print(ablate.format_table(rows))
+    print()
+    print(ablate.legend(rows, latency_setup))
+
+    out_dir = args.out or Path("vtc_results") / time.strftime("ablate-%Y%m%d-%H%M%S")
+    jsonl, csv_path = ablate.write_rows(rows, out_dir, environment(args.device, args.dtype, args.attn))
+    print(f"\nwrote {jsonl} and {csv_path}")
+    if plotting_available():
+        print(f"wrote {ablate.write_pareto(rows, out_dir / 'pareto.png')}")
+    else:
+        print('for the accuracy-against-cost picture (pareto.png): pip install "vtc[plot]"')
+    return 0
+
+
+def _evaluate_trained_runs(args: argparse.Namespace, runs, data, family: str | None) -> list:
+    """`vtc.ablate.evaluate_trained_runs` on `--device` in `--dtype`, under a progress bar."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from vtc import ablate
+
+    with tqdm(total=len(runs) * sum(map(len, data.values())), desc="vtc ablate trained", unit="sample",
+              disable=args.quiet, file=sys.stderr) as bar:
+        try:
+            return ablate.evaluate_trained_runs(runs, data, family=family, device=args.device,
+                                                dtype=getattr(torch, args.dtype), attn_implementation=args.attn,
+                                                batch_size=args.batch_size, progress=bar.update,
+                                                starting=bar.set_postfix_str)
+        except ablate.RunLoadError as error:  # say which argument it is about
+            raise OSError(f"--trained {error}") from error
+
+
+def _measure_latency(args: argparse.Namespace, model, processor, grid, rows) -> str:
+    """Time every configuration's prefill on the checkpoint (`vtc.bench.measure_configs`), join the timings to
+    `rows`, and return what was timed, for the legend."""
+    from tqdm.auto import tqdm
+
+    from vtc import ablate
+    from vtc.bench import example_inputs, measure_configs
+
+    sizes = args.image_sizes or [(640, 480)]
+    batch = args.batch or len(sizes)
+    repeats = args.repeats or DEFAULT_REPEATS
+    warmup = DEFAULT_WARMUP if args.warmup is None else args.warmup
+
+    def real_inputs(proc):
+        return example_inputs(proc, sizes, batch=batch)
+
+    with tqdm(total=len(grid) * repeats, desc="vtc ablate latency", unit="prefill", disable=args.quiet,
+              file=sys.stderr) as bar:
+        ablate.add_latency(rows, measure_configs(model, processor, grid, real_inputs, family=model.config.model_type,
+                                                 repeats=repeats, warmup=warmup, progress=bar.update))
+    images = ",".join(f"{w}x{h}" for w, h in sizes)
+    return f"{repeats} rounds of one prefill of {batch} synthetic image(s) {images} on {args.device}"
+
+
+def add_parser(commands, parents: list[argparse.ArgumentParser]) -> None:
+    ablate = commands.add_parser("ablate", parents=parents,
+                                 help="accuracy against cost of every configuration of the grid, side by side")
+    model = ablate.add_mutually_exclusive_group()
+    model.add_argument("--model", type=checkpoint_folder, metavar="FOLDER",
+                       help="a local checkpoint folder, scored on --data and timed (default: the reference models "
+                            "shipped with vtc on every synthetic task, untimed)")
+    model.add_argument("--families", type=reference_families, metavar="FAMILY,...",
+                       help="comma-separated families of the reference models (default: all)")
+    ablate.add_argument("--data", type=eval_data, metavar="FILE.jsonl|task:NAME",
+                        help="with --model: a JSONL file of samples (vtc.tasks.load_jsonl), or a synthetic task's "
+                             "test split")
+    ablate.add_argument("--configs", type=grid_configs, metavar="NAME,...",
+                        help="only these rows of the grid, and the baseline they are relative to (default: all)")
+    ablate.add_argument("--trained", type=trained_run, nargs="+", action="extend", metavar="RUN",
+                        help="output folders of training runs (vtc train): each is scored as a row of its own, right "
+                             "after the training-free row of its configuration, with the model it started from (a "
+                             "reference model; with --model, runs trained from --model). Without --families, only the "
+                             "runs' families")
+    ablate.add_argument("--size", type=positive_int, metavar="N",
+                        help=f"test samples per task (default {ABLATE_TASK_SIZE}); of a file, its first N "
+                             "(default all)")
+    ablate.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
+                        help="samples per generate call while scoring (default 16)")
+    latency = ablate.add_argument_group("latency, with --model only")
+    latency.add_argument("--batch", type=positive_int, help="samples per timed prefill, one image each, cycling "
+                                                           "through the image sizes (default: one per image size)")
+    latency.add_argument("--repeats", type=positive_int,
+                         help=f"timed rounds; the median is reported (default {DEFAULT_REPEATS})")
+    latency.add_argument("--warmup", type=non_negative_int,
+                         help=f"untimed prefills per configuration (default {DEFAULT_WARMUP})")
+    latency.add_argument("--image-sizes", type=image_sizes, metavar="WxH,...",
+                         help="the synthetic images of the timed prefills, one per sample, cycled (default 640x480)")
+    ablate.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    ablate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ablate.add_argument("--attn", type=attention_backend, default="sdpa",
+                        help=f"attention backend: {', '.join(ATTENTION_CHOICES)} (default sdpa; `vtc info` lists "
+                             "what this environment has)")
+    ablate.add_argument("--out", type=output_folder, metavar="FOLDER",
+                        help="output folder for ablate.jsonl, ablate.csv and pareto.png (default "
+                             "vtc_results/ablate-<time>)")
+    ablate.add_argument("--quiet", action="store_true", help="no progress bars")
+    ablate.set_defaults(func=run)
