@@ -14,6 +14,8 @@ have defaults for it (`examples/custom_adapter.py` is such an adapter).
 from __future__ import annotations
 
 import copy
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -26,12 +28,19 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from vtc.errors import InputError, PlaceholderMismatchError, UnsupportedModelError, UnsupportedVersionError
+from vtc.errors import (
+    InputError,
+    PlaceholderMismatchError,
+    UnsupportedModelError,
+    UnsupportedVersionError,
+    UntestedVersionWarning,
+)
 from vtc.layout import BatchLayout, SampleLayout, VisualSpan
 from vtc.ops import pooled_grid
 from vtc.patch import PatchLedger
 
 __all__ = [
+    "ALLOW_UNTESTED_ENV",
     "MAKE_INPUTS_WITH_PROCESSOR",
     "Adapter",
     "FixedPlaceholders",
@@ -42,6 +51,9 @@ __all__ = [
 ]
 
 #: The way out of every malformed-input error: the processor makes what the model (and vtc's patch of it) expects.
+#: Set to 1 to run on a transformers release newer than an adapter's tested range, with a warning instead of an error.
+ALLOW_UNTESTED_ENV = "VTC_ALLOW_UNTESTED_TRANSFORMERS"
+
 MAKE_INPUTS_WITH_PROCESSOR = ("Make the inputs with the model's processor (the one passed to vtc.compress), "
                               "return_tensors='pt'.")
 
@@ -155,7 +167,7 @@ class Adapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     model_class_names: ClassVar[tuple[str, ...]] = ()
     min_transformers: ClassVar[str] = "5.23.0"
-    max_transformers: ClassVar[str] = "5.24.0"
+    max_transformers: ClassVar[str] = "5.26.0"
     dynamic_resolution: ClassVar[bool] = False
     image_input_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
 
@@ -182,13 +194,20 @@ class Adapter:
                 f"{type(self.model).__name__} is not supported by {type(self).__name__}: expected one of "
                 f"{', '.join(self.model_class_names)} (load the model with its ...ForConditionalGeneration class)"
             )
-        version = Version(transformers.__version__)
-        if not Version(self.min_transformers) <= version < Version(self.max_transformers):
-            raise UnsupportedVersionError(
-                f"{type(self).__name__} was tested with transformers >={self.min_transformers},<"
-                f"{self.max_transformers}; found {transformers.__version__}. Install a tested version: "
-                f"pip install 'transformers>={self.min_transformers},<{self.max_transformers}'"
-            )
+        version, tested = Version(transformers.__version__), f">={self.min_transformers},<{self.max_transformers}"
+        if Version(self.min_transformers) <= version < Version(self.max_transformers):
+            return
+        if version >= Version(self.max_transformers) and os.environ.get(ALLOW_UNTESTED_ENV) == "1":
+            warnings.warn(f"{type(self).__name__} runs on transformers {transformers.__version__}, newer than the "
+                          f"tested range {tested} ({ALLOW_UNTESTED_ENV}=1): check its results against the "
+                          "unpatched model", UntestedVersionWarning, stacklevel=3)
+            return
+        newer = (f", or set {ALLOW_UNTESTED_ENV}=1 to try this newer release at your own risk"
+                 if version >= Version(self.max_transformers) else "")
+        raise UnsupportedVersionError(
+            f"{type(self).__name__} was tested with transformers {tested}; found {transformers.__version__}. "
+            f"Install a tested version: pip install 'transformers{tested}'{newer}"
+        )
 
     # ------------------------------------------------------------------------------------------------- locate
     @property

@@ -86,9 +86,28 @@ def test_unsupported_transformers_version_is_a_typed_error(llava, monkeypatch):
     from vtc.adapters.llava import LlavaAdapter
 
     monkeypatch.setattr(LlavaAdapter, "min_transformers", "99.0")
-    with pytest.raises(vtc.UnsupportedVersionError, match="pip install"):
+    monkeypatch.setenv("VTC_ALLOW_UNTESTED_TRANSFORMERS", "1")  # the opt-in admits newer releases only
+    with pytest.raises(vtc.UnsupportedVersionError, match="pip install") as error:
         vtc.compress(model, vtc.VTCConfig())
+    assert "VTC_ALLOW_UNTESTED_TRANSFORMERS" not in str(error.value)
     assert not vtc.is_compressed(model)
+
+
+def test_a_newer_transformers_is_an_error_unless_the_user_opts_in(llava, monkeypatch):
+    model, processor, inputs = llava
+    from vtc.adapters.llava import LlavaAdapter
+
+    monkeypatch.setattr(LlavaAdapter, "max_transformers", "5.0")  # the installed release is newer than the range
+    monkeypatch.delenv("VTC_ALLOW_UNTESTED_TRANSFORMERS", raising=False)
+    with pytest.raises(vtc.UnsupportedVersionError, match="VTC_ALLOW_UNTESTED_TRANSFORMERS=1"):
+        vtc.compress(model, vtc.VTCConfig(lvtc=vtc.LVTCConfig(compress_layer=1, restore_layer=-1)))
+    assert not vtc.is_compressed(model)
+
+    monkeypatch.setenv("VTC_ALLOW_UNTESTED_TRANSFORMERS", "1")
+    with pytest.warns(vtc.UntestedVersionWarning, match=r"tested range >=5\.23\.0,<5\.0"):
+        vtc.compress(model, vtc.VTCConfig(lvtc=vtc.LVTCConfig(compress_layer=1, restore_layer=-1)))
+    assert vtc.is_compressed(model)
+    vtc.unpatch(model)
 
 
 def test_a_compress_that_fails_half_way_leaves_the_model_untouched(llava, monkeypatch):

@@ -31,3 +31,18 @@ def test_readme_main_command_installs_and_runs_ablate():
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "vtc.cli", "info"], capture_output=True, text=True, check=True)
     assert "supported model types" in out.stdout
+
+
+def test_the_declared_transformers_range_is_the_adapters_tested_range_and_ci_tests_every_release_of_it():
+    from vtc.adapters.base import Adapter
+
+    spec = importlib.util.spec_from_file_location("transformers_versions", ROOT / ".ci" / "transformers_versions.py")
+    versions = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(versions)
+    minors = versions.supported_minors((ROOT / "pyproject.toml").read_text())
+    assert Adapter.min_transformers == f"{minors[0]}.0"
+    last_major, last_minor = map(int, minors[-1].split("."))
+    assert Adapter.max_transformers == f"{last_major}.{last_minor + 1}.0"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "transformers_versions.py --newest" in ci and "bash .ci/transformers_matrix.sh" in ci
+    assert "transformers_versions.py --older" in (ROOT / ".ci" / "transformers_matrix.sh").read_text()

@@ -18,6 +18,7 @@ from .errors import (
     PlaceholderMismatchError,
     UnsupportedModelError,
     UnsupportedVersionError,
+    UntestedVersionWarning,
     VTCError,
 )
 from .evaluate import EvalResult, evaluate
@@ -39,6 +40,7 @@ __all__ = [
     "RVTCConfig",
     "UnsupportedModelError",
     "UnsupportedVersionError",
+    "UntestedVersionWarning",
     "VTCConfig",
     "VTCError",
     "compress",

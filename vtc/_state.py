@@ -18,6 +18,7 @@ from .config import VTCConfig
 from .errors import PlaceholderMismatchError
 from .layout import BatchLayout
 from .patch import PatchLedger
+from .seams import cache_argument
 
 __all__ = ["STATE_ATTR", "CallState", "ForwardArguments", "VTCState", "call_arguments", "install_instrumentation"]
 
@@ -219,7 +220,7 @@ class _Instrumentation:
         # Anything else ends them (written, not read, here: under torch.compile a read would be guarded on, and a
         # decode step that meets them left over from its prefill would compile apart from the steps after it).
         keeps_pending = bound.get("mm_encoder_outputs") is not None
-        if not _cache_is_empty(bound.get("past_key_values")):
+        if not _cache_is_empty(cache_argument(bound)):
             if not keeps_pending:
                 call.pending_image_inputs = None
             if call.last is not None:

@@ -23,6 +23,7 @@ from .config import VTCConfig
 from .errors import ConfigError
 from .flops import prefill_flops
 from .registry import get_adapter
+from .seams import output_cache
 
 __all__ = ["AblationRow", "example_inputs", "kv_cache_megabytes", "measure_configs"]
 
@@ -169,7 +170,7 @@ def measure_configs(
                 _prefill(model, inputs[name])
             output = _prefill(model, inputs[name])
             stats[name] = last_stats(model)
-            cache_mb[name] = kv_cache_megabytes(output.past_key_values)
+            cache_mb[name] = kv_cache_megabytes(output_cache(output))
             peak_mb[name] = _peak_memory_mb(model, inputs[name], device)
         for _ in range(repeats):
             for name in names:

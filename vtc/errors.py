@@ -9,6 +9,7 @@ __all__ = [
     "PlaceholderMismatchError",
     "UnsupportedModelError",
     "UnsupportedVersionError",
+    "UntestedVersionWarning",
     "VTCError",
 ]
 
@@ -34,6 +35,11 @@ class UnsupportedModelError(VTCError, TypeError):
 
 class UnsupportedVersionError(VTCError, RuntimeError):
     """The installed transformers version is outside the range an adapter was tested with."""
+
+
+class UntestedVersionWarning(UserWarning):
+    """vtc runs on a transformers release newer than the tested range because the user opted in
+    (`VTC_ALLOW_UNTESTED_TRANSFORMERS=1`)."""
 
 
 class PlaceholderMismatchError(VTCError, ValueError):

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.profiler import record_function
-from transformers.masking_utils import create_causal_mask
 
 from ._state import ForwardArguments
 from ._structure_cache import StructureCache
@@ -50,6 +49,7 @@ from .ops import (
     unpool,
     unpool_bilinear,
 )
+from .seams import cache_argument, causal_mask
 
 __all__ = ["COMPRESS_RANGE", "GATE_NAME", "RESTORE_RANGE", "LVTCPrefill", "LVTCStep", "install"]
 
@@ -163,7 +163,7 @@ class _Controller:
     # -------------------------------------------------------------------------------------------- language model
     def begin_forward(self, _module, args, kwargs):
         bound = self.forward_arguments(args, kwargs)
-        mask, cache = bound.get("attention_mask"), bound.get("past_key_values")
+        mask, cache = bound.get("attention_mask"), cache_argument(bound)
         _check_attention_mask(mask)
         _check_cache(cache)
         inputs = bound.get("inputs_embeds")
@@ -237,7 +237,7 @@ class _Controller:
         step = self._step
         if step is None or not step.active:
             return None
-        cache = kwargs.get("past_key_values")
+        cache = cache_argument(kwargs)
         if not step.prefill:
             # The model's own mask for this layer is None only when it attends every key of the full sequence (in a
             # decode step: one query, no padding, an implementation that takes None for that); with a dense
@@ -365,9 +365,8 @@ class _Controller:
         # Callers pass None when every key is attended, so a mask given here masks a key (or is one the attention
         # implementation materialises anyway): the builder's check whether it could skip the mask, a host read of
         # the mask (a device sync), would only ever answer no, and is switched off.
-        return create_causal_mask(config=self.state.adapter.text_config, inputs_embeds=hidden, attention_mask=mask2d,
-                                  past_key_values=cache, position_ids=None, layer_idx=self.compress_layer,
-                                  allow_is_causal_skip=mask2d is None)
+        return causal_mask(config=self.state.adapter.text_config, inputs_embeds=hidden, attention_mask=mask2d,
+                           cache=cache, layer_idx=self.compress_layer, allow_is_causal_skip=mask2d is None)
 
     def _rotary(self, pooled: torch.Tensor, groups: GroupIndex, full: tuple[torch.Tensor, torch.Tensor],
                 step: LVTCStep) -> tuple[torch.Tensor, torch.Tensor]:
