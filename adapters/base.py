@@ -70,6 +70,10 @@ class VisionFeatures:
         extra: family-specific companions that a compressor must reduce the same way (e.g. multi-level features
             injected into the language model), each a list of levels, each aligned with `patches`.
         image_inputs: the image inputs the features were computed from (sizes and grids the projector may need).
+        tower_output: the vision tower's output as the model's own `get_image_features` returns it for the same
+            call (its class, its `last_hidden_state` and, when the caller asked, `hidden_states` / `attentions`),
+            before the projector's tokens replace its `pooler_output`; `None` where the adapter does not keep it (PVTC
+            then returns only the fields `pvtc_output` sets).
     """
 
     patches: list[torch.Tensor]
@@ -77,6 +81,7 @@ class VisionFeatures:
     items_per_image: list[int]
     extra: dict[str, list[list[torch.Tensor]]] = field(default_factory=dict)
     image_inputs: dict[str, Any] = field(default_factory=dict)
+    tower_output: ModelOutput | None = None
 
 
 def shift_spans(spans: Sequence[VisualSpan], offset: int) -> SampleLayout:
@@ -271,7 +276,13 @@ class Adapter:
 
     # ------------------------------------------------------------------------------------------------- vision
     def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
-        """Run the vision tower and return its output before the projector, per image or tile."""
+        """Run the vision tower and return its output before the projector, per image or tile.
+
+        Under PVTC this replaces the model's `get_image_features`, and `image_inputs` also holds the output flags its
+        caller set (`output_hidden_states`, `output_attentions`: `vtc.seams.TOWER_OUTPUT_FLAGS`). An adapter that
+        keeps the model's contract passes them to the tower as the model does and returns the tower's output, as
+        the model's own method would return it, in `VisionFeatures.tower_output`.
+        """
         raise NotImplementedError
 
     def apply_projector(self, projector: nn.Module, grid: torch.Tensor) -> torch.Tensor:
@@ -284,6 +295,22 @@ class Adapter:
             `(n, h / th, w / tw, d_text)`: the language tokens in row-major grid order.
         """
         raise NotImplementedError
+
+    def apply_projector_to_items(self, projector: nn.Module, grids: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """`apply_projector` on every item's patch grid `(h, w, d)`, batched as the model batches its projector, so
+        that every token gets the bits the model gives it (a matrix product's last bits depend on how many rows it
+        multiplies at once): one `(gh, gw, d_text)` per item, in order.
+
+        The default runs the items of each grid size as one batch (the model's batch where every item has one size).
+        """
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, grid in enumerate(grids):
+            by_shape.setdefault(tuple(grid.shape), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(grids)
+        for indices in by_shape.values():
+            for i, tokens in zip(indices, self.apply_projector(projector, torch.stack([grids[i] for i in indices]))):
+                out[i] = tokens
+        return out
 
     def project(self, features: VisionFeatures) -> list[torch.Tensor]:
         """Apply the model's own projector to `features`: one `(n_tokens, d_text)` tensor per image, in sequence
@@ -388,6 +415,8 @@ class Adapter:
 
         The default returns `pooler_output` as one `(n_tokens, d_text)` tensor per image (its items' grids row-major,
         in item order), which a model that concatenates `pooler_output` and scatters it into the placeholders reads.
+        PVTC sets the fields returned here on `features.tower_output` (when the adapter kept it), so the caller gets
+        the tower's own fields with the compressed ones.
         """
         return BaseModelOutputWithPooling(pooler_output=_per_image(tokens, features.items_per_image))
 

@@ -24,6 +24,7 @@ from vtc.layout import SampleLayout, VisualSpan
 from vtc.patch import PatchLedger
 from vtc.registry import register_adapter
 from vtc.rvtc import TilePlan, check_budget, plan_tiles, tile_token_grid
+from vtc.seams import hidden_states_request
 
 from .base import Adapter, VisionFeatures, check_pixel_tiles
 
@@ -85,15 +86,19 @@ class InternVLAdapter(Adapter):
         vc = self.model.config.vision_config
         return vc.num_channels, vc.image_size[0], vc.image_size[1]
 
-    def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
+    def vision_features(self, pixel_values: torch.Tensor, *, output_hidden_states: Any = None,
+                        output_attentions: bool | None = None, **image_inputs: Any) -> VisionFeatures:
         check_pixel_tiles(pixel_values, self.vision_tile, leading=(("tiles",),))
         config, tower = self.model.config, self.base_model.vision_tower
-        out = tower(pixel_values=pixel_values.to(tower.dtype), output_hidden_states=True, return_dict=True)
         layer = config.vision_feature_layer
+        flags = {} if output_attentions is None else {"output_attentions": output_attentions}
+        out = tower(pixel_values=pixel_values.to(tower.dtype), return_dict=True,
+                    output_hidden_states=hidden_states_request(output_hidden_states, layer), **flags)
         hidden = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
         h, w = self.patch_grid
         patches = hidden[:, 1:].reshape(-1, h, w, hidden.shape[-1])
-        return VisionFeatures(patches=list(patches), cls=hidden[:, 0], items_per_image=[1] * len(patches))
+        return VisionFeatures(patches=list(patches), cls=hidden[:, 0], items_per_image=[1] * len(patches),
+                              tower_output=out)
 
     @property
     def vision_feature_dim(self) -> int:

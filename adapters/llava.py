@@ -35,6 +35,7 @@ from vtc.layout import SampleLayout, VisualSpan
 from vtc.patch import PatchLedger
 from vtc.registry import register_adapter
 from vtc.rvtc import check_budget, plan_tiles, tile_token_grid
+from vtc.seams import hidden_states_request
 
 from ._per_image import attribute_swap_lock, concatenate_outputs, consecutive_runs, swapped_attribute
 from .base import MAKE_INPUTS_WITH_PROCESSOR, Adapter, FixedPlaceholders, VisionFeatures, check_pixel_tiles
@@ -128,16 +129,17 @@ class LlavaLikeAdapter(Adapter):
     def apply_projector(self, projector: nn.Module, grid: torch.Tensor) -> torch.Tensor:
         return projector(grid)  # one token per patch: the MLP acts on the last axis
 
-    def _selected_hidden_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The vision hidden states the model selects, CLS included where the tower has one: `(n, tokens, d)`."""
-        config = self.model.config
-        out = self.vision_tower(
-            pixel_values.to(self.vision_tower.dtype), output_hidden_states=True, return_dict=True
-        )
-        layer = config.vision_feature_layer
+    def _selected_hidden_states(self, pixel_values: torch.Tensor, output_hidden_states: Any = None,
+                                output_attentions: bool | None = None) -> tuple[torch.Tensor, ModelOutput]:
+        """The vision hidden states the model selects, CLS included where the tower has one: `(n, tokens, d)`, and
+        the tower's output, asked for what the model's `get_image_features` asks it for."""
+        layer = self.model.config.vision_feature_layer
+        flags = {} if output_attentions is None else {"output_attentions": output_attentions}
+        out = self.vision_tower(pixel_values.to(self.vision_tower.dtype), return_dict=True,
+                                output_hidden_states=hidden_states_request(output_hidden_states, layer), **flags)
         if isinstance(layer, int):
-            return out.hidden_states[layer]
-        return torch.cat([out.hidden_states[i] for i in layer], dim=-1)
+            return out.hidden_states[layer], out
+        return torch.cat([out.hidden_states[i] for i in layer], dim=-1), out
 
     def _split_items(self, hidden: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         h, w = self.patch_grid
@@ -156,10 +158,12 @@ class LlavaLikeAdapter(Adapter):
 class LlavaAdapter(LlavaLikeAdapter):
     model_class_names = ("LlavaForConditionalGeneration",)
 
-    def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
+    def vision_features(self, pixel_values: torch.Tensor, *, output_hidden_states: Any = None,
+                        output_attentions: bool | None = None, **image_inputs: Any) -> VisionFeatures:
         check_pixel_tiles(pixel_values, self.vision_tile, leading=(("images",),), item="input")
-        patches, cls = self._split_items(self._selected_hidden_states(pixel_values))
-        return VisionFeatures(patches=patches, cls=cls, items_per_image=[1] * len(patches))
+        hidden, tower_output = self._selected_hidden_states(pixel_values, output_hidden_states, output_attentions)
+        patches, cls = self._split_items(hidden)
+        return VisionFeatures(patches=patches, cls=cls, items_per_image=[1] * len(patches), tower_output=tower_output)
 
     def project(self, features: VisionFeatures) -> list[torch.Tensor]:
         cls = features.cls if features.cls is not None else [None] * len(features.patches)
@@ -275,7 +279,8 @@ class _AnyResAdapter(LlavaLikeAdapter):
                              f"{MAKE_INPUTS_WITH_PROCESSOR}")
         return [(int(height), int(width)) for height, width in rows]
 
-    def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
+    def vision_features(self, pixel_values: torch.Tensor, *, output_hidden_states: Any = None,
+                        output_attentions: bool | None = None, **image_inputs: Any) -> VisionFeatures:
         check_pixel_tiles(pixel_values, self.vision_tile, leading=(("images", "crops"), ("crops",)), item="crop")
         if image_inputs.get("image_sizes") is None:
             raise InputError("pixel_values reached the model without image_sizes, which decide each image's crops: "
@@ -293,8 +298,10 @@ class _AnyResAdapter(LlavaLikeAdapter):
                              f"{max(crops, default=0)}, ...) or ({sum(crops)}, ...). {MAKE_INPUTS_WITH_PROCESSOR}")
         if pixel_values.dim() == 5:  # (images, max_crops, 3, s, s), padded: keep each image's real crops
             pixel_values = torch.cat([pv[:n] for pv, n in zip(pixel_values, crops)], dim=0)
-        patches, cls = self._split_items(self._selected_hidden_states(pixel_values))
-        return VisionFeatures(patches=patches, cls=cls, items_per_image=crops, image_inputs=dict(image_inputs))
+        hidden, tower_output = self._selected_hidden_states(pixel_values, output_hidden_states, output_attentions)
+        patches, cls = self._split_items(hidden)
+        return VisionFeatures(patches=patches, cls=cls, items_per_image=crops, image_inputs=dict(image_inputs),
+                              tower_output=tower_output)
 
     def project(self, features: VisionFeatures) -> list[torch.Tensor]:
         cls = features.cls if features.cls is not None else [None] * len(features.patches)

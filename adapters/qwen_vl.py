@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ from vtc.ops import average_token_windows, pooled_grid
 from vtc.patch import PatchLedger
 from vtc.registry import register_adapter
 from vtc.rvtc import check_budget, plan_tiles, tile_token_grid
+from vtc.seams import output_without
 
 from .base import MAKE_INPUTS_WITH_PROCESSOR, Adapter, VisionFeatures, check_placeholder_count
 
@@ -83,18 +84,25 @@ class Qwen2VLAdapter(Adapter):
         """Undo any reordering the tower applied before its merger (identity here; windows in Qwen2.5-VL)."""
         return rows
 
-    def vision_features(self, pixel_values: torch.Tensor, **image_inputs: Any) -> VisionFeatures:
+    def vision_features(self, pixel_values: torch.Tensor, *, output_hidden_states: bool | None = None,
+                        output_attentions: bool | None = None, **image_inputs: Any) -> VisionFeatures:
         grid_thw = image_inputs.get("image_grid_thw")
         grids = self._check_image_inputs(pixel_values, grid_thw)
-        # Hidden states only where a merger reads them: output capture costs `torch.compile` a graph break.
-        output = self.visual(pixel_values.to(self.visual.dtype), grid_thw=grid_thw,
-                             output_hidden_states=self.reads_tower_hidden_states, return_dict=True)
+        # Hidden states only where asked or where a merger reads them: output capture costs `torch.compile` a graph
+        # break. The model's own method returns them only where asked.
+        flags = {} if output_attentions is None else {"output_attentions": output_attentions}
+        output = self.visual(pixel_values.to(self.visual.dtype), grid_thw=grid_thw, return_dict=True,
+                             output_hidden_states=bool(output_hidden_states) or self.reads_tower_hidden_states,
+                             **flags)
         per_name = {name: self._to_grids(self._to_merge_order(rows, grid_thw), grids)
                     for name, rows in self._merger_inputs(output).items()}
         patches = per_name.pop("merger")
         extra = {"deepstack": [per_name[k] for k in sorted(per_name)]} if per_name else {}
+        if self.reads_tower_hidden_states and not output_hidden_states:
+            output = output_without(output, "hidden_states")
         return VisionFeatures(
-            patches=patches, cls=None, items_per_image=[1] * len(patches), extra=extra, image_inputs=dict(image_inputs)
+            patches=patches, cls=None, items_per_image=[1] * len(patches), extra=extra, image_inputs=dict(image_inputs),
+            tower_output=output,
         )
 
     # Reads the grids on the host: `torch.compile` runs it eagerly (one graph break rather than one per read).
@@ -127,7 +135,8 @@ class Qwen2VLAdapter(Adapter):
     def _check_image_grid(self, grid: list[int]) -> tuple[int, int]:
         t, h, w = grid
         if t != 1:
-            raise InputError(f"an image grid_thw must have t=1, got {grid} (videos are not supported)")
+            raise InputError(f"an image grid_thw must have t=1, got {grid}: pass a video as pixel_values_videos with "
+                             f"video_grid_thw. {MAKE_INPUTS_WITH_PROCESSOR}")
         m = self.merge_size
         if min(h, w) < 1 or h % m or w % m:
             raise InputError(f"an image grid_thw (1, h, w) needs h and w positive multiples of the merge size {m}, "
@@ -154,8 +163,15 @@ class Qwen2VLAdapter(Adapter):
         rows = rearrange(grid, "n (gh mh) (gw mw) d -> (n gh gw mh mw) d", mh=m, mw=m)
         return rearrange(projector(rows), "(n gh gw) c -> n gh gw c", n=n, gh=h // m, gw=w // m)
 
+    def apply_projector_to_items(self, projector: nn.Module, grids: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        # The model runs its merger once over the merge blocks of every image: so do we, whatever the grid sizes.
+        m = self.merge_size
+        rows = torch.cat([rearrange(g, "(gh mh) (gw mw) d -> (gh gw mh mw) d", mh=m, mw=m) for g in grids])
+        tokens = torch.split(projector(rows), [g.shape[0] // m * (g.shape[1] // m) for g in grids])
+        return [t.unflatten(0, (g.shape[0] // m, g.shape[1] // m)) for t, g in zip(tokens, grids)]
+
     def project(self, features: VisionFeatures) -> list[torch.Tensor]:
-        return [self.apply_projector(self.projector, p[None]).flatten(0, 2) for p in features.patches]
+        return [t.flatten(0, 1) for t in self.apply_projector_to_items(self.projector, features.patches)]
 
     # ------------------------------------------------------------------------------------------------- PVTC
     @property
@@ -378,7 +394,8 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         """
         m, side = self.merge_size, self.pvtc_side or 1
         return [
-            [self.apply_projector(merger, average_token_windows(p[None], (m, m), side)).flatten(0, 2) for p in level]
+            [t.flatten(0, 1) for t in self.apply_projector_to_items(
+                merger, [average_token_windows(p[None], (m, m), side)[0] for p in level])]
             for merger, level in zip(self.visual.deepstack_merger_list, features.extra["deepstack"])
         ]
 

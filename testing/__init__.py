@@ -34,6 +34,7 @@ from .tiny import (
     tiny_tokenizer,
 )
 from .tiny_inputs import ablation_image_sizes, default_image_sizes, tiny_batch, tiny_images
+from .tiny_video import VIDEO_FAMILIES, tiny_video_batch
 from .tokenizer import word_level_tokenizer
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "REFERENCE_FAMILIES",
     "REFERENCE_PAD_ID",
     "TINY_FAMILIES",
+    "VIDEO_FAMILIES",
     "FamilyRecipe",
     "ablation_image_sizes",
     "build_reference_model",
@@ -57,5 +59,6 @@ __all__ = [
     "tiny_batch",
     "tiny_images",
     "tiny_tokenizer",
+    "tiny_video_batch",
     "word_level_tokenizer",
 ]

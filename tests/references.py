@@ -53,3 +53,29 @@ def vtc_hooks(model):
         for registry in (module._forward_pre_hooks, module._forward_hooks, module._backward_hooks):
             found += [name for fn in registry.values() if getattr(fn, "__module__", "").startswith("vtc")]
     return found
+
+
+def identical(a, b) -> bool:
+    """Same structure (model outputs with their fields in order, tensors, None, lists and tuples, by type) and
+    bit-identical tensors."""
+    from transformers.utils import ModelOutput
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, ModelOutput):
+        return (type(a) is type(b) and list(a.keys()) == list(b.keys())
+                and all(identical(a[k], b[k]) for k in a.keys()))
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def append_tokens(inputs, sequences):
+    """`inputs` with `sequences` (the prompt plus generated tokens) as input ids, masks extended by ones."""
+    extra = sequences.shape[1] - inputs["input_ids"].shape[1]
+    out = {**inputs, "input_ids": sequences}
+    out["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(sequences[:, :extra])], 1)
+    if "mm_token_type_ids" in inputs:
+        types = inputs["mm_token_type_ids"]
+        out["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(types[:, :extra])], 1)
+    return out

@@ -2,7 +2,10 @@
 
 The projector lives on the inner multimodal model as `vtc_pvtc`. It takes over `get_image_features`, the one seam
 through which both `forward` and `generate` obtain visual tokens (generate calls it before the prefill and never
-passes pixels to `forward`); the original projector is left untouched, so `unpatch` restores the model bit for bit.
+passes pixels to `forward`); the original projector's weights are left untouched, so `unpatch` restores the model
+bit for bit. While PVTC is installed the original projector is frozen (`requires_grad=False`, recorded in the ledger):
+it takes no part in the forward pass, and a trainable parameter without a gradient stops a plain DDP training loop.
+It stays frozen inside `vtc.disabled`, where it runs again for the uncompressed teacher, which is not trained.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from ._state import VTCState, call_arguments
 from .config import PVTCConfig
 from .errors import ConfigError
 from .pvtc import PVTCProjector
+from .seams import TOWER_OUTPUT_FLAGS, returns_tuple
 
 __all__ = ["build_projector", "install"]
 
@@ -81,7 +85,16 @@ def build_projector(config: PVTCConfig, adapter) -> PVTCProjector:
 
 
 def _project_items(projector: PVTCProjector, adapter, features) -> list[torch.Tensor]:
-    """PVTC tokens `(gh, gw, d_text)` for every item; items with the same grid run as one batch."""
+    """PVTC tokens `(gh, gw, d_text)` for every item; items with the same grid run as one batch.
+
+    A warm projector's local queries come from the native projector, run over every item at once as the model runs
+    it (`Adapter.apply_projector_to_items`): at ratio 1 each token then has the model's own bits.
+    """
+    dtype = projector.region_proj.weight.dtype
+    local = None
+    if projector.init == "warm":
+        averaged = [projector.native_input(p[None].to(dtype))[0] for p in features.patches]
+        local = adapter.apply_projector_to_items(projector.native_projector, averaged)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, patches in enumerate(features.patches):
         by_shape.setdefault(tuple(patches.shape), []).append(i)
@@ -89,19 +102,29 @@ def _project_items(projector: PVTCProjector, adapter, features) -> list[torch.Te
     for indices in by_shape.values():
         patches = torch.stack([features.patches[i] for i in indices])
         cls = None if features.cls is None else features.cls[indices]
-        for i, out in zip(indices, projector(patches, cls, adapter.apply_projector)):
+        queries = None if local is None else torch.stack([local[i] for i in indices])
+        for i, out in zip(indices, projector(patches, cls, adapter.apply_projector, local=queries)):
             tokens[i] = out
     return tokens
 
 
 class _PVTCImageFeatures:
-    """`get_image_features` under PVTC: the vision features of the adapter, then the projector `vtc_pvtc`."""
+    """`get_image_features` under PVTC: the vision features of the adapter, then the projector `vtc_pvtc`.
 
-    def __init__(self, adapter):
-        self.adapter = adapter
+    It returns what the model's own method returns for the same call (its class; the tower's `last_hidden_state`
+    and, when asked, `hidden_states` / `attentions`, from the one tower call PVTC makes; a tuple for
+    `return_dict=False`), with PVTC's tokens in the fields the model consumes (`Adapter.pvtc_output`). A call made
+    for a video (a model's `get_video_features` may call `get_image_features` on the frames) runs the original:
+    videos are not compressed.
+    """
+
+    def __init__(self, state: VTCState):
+        self.state = state
 
     def get_image_features(self, original, *args: Any, **kwargs: Any):
-        adapter = self.adapter
+        if self.state.call.video_features:
+            return original(*args, **kwargs)
+        adapter = self.state.adapter
         arguments = call_arguments(original, *args, **kwargs)
         layer = arguments.get("vision_feature_layer")
         configured = getattr(adapter.model.config, "vision_feature_layer", None)
@@ -110,9 +133,15 @@ class _PVTCImageFeatures:
             raise ConfigError("vision_feature_layer", layer, f"the model config's value {configured!r} under PVTC",
                               hint="Set model.config.vision_feature_layer before vtc.compress instead.")
         image_inputs = adapter.image_inputs_from(arguments)
-        features = adapter.vision_features(image_inputs.pop("pixel_values"), **image_inputs)
+        flags = {name: arguments[name] for name in TOWER_OUTPUT_FLAGS if arguments.get(name) is not None}
+        features = adapter.vision_features(image_inputs.pop("pixel_values"), **image_inputs, **flags)
         projector = getattr(adapter.base_model, PROJECTOR_ATTR)
-        return adapter.pvtc_output(_project_items(projector, adapter, features), features)
+        output = adapter.pvtc_output(_project_items(projector, adapter, features), features)
+        if features.tower_output is not None:
+            compressed, output = output, features.tower_output
+            for name, value in compressed.items():
+                output[name] = value
+        return output.to_tuple() if returns_tuple(adapter.base_model, arguments.get("return_dict")) else output
 
 
 def install(model: nn.Module, state: VTCState) -> None:
@@ -121,10 +150,11 @@ def install(model: nn.Module, state: VTCState) -> None:
     validate(config, adapter, state.processor)
     ledger.set_attr(adapter, "pvtc_side", config.window)  # first: templates and token counts follow it
     base = adapter.base_model
-    projector = build_projector(config, adapter)
+    projector = build_projector(config, adapter)  # before the freeze: the copy a warm start makes keeps training
     ledger.set_attr(base, PROJECTOR_ATTR, projector)
+    ledger.set_requires_grad(adapter.projector, False, "the native projector, which PVTC bypasses")
 
-    ledger.replace_method(base, "get_image_features", _PVTCImageFeatures(adapter).get_image_features)
+    ledger.replace_method(base, "get_image_features", _PVTCImageFeatures(state).get_image_features)
     adapter.patch_model_for_pvtc(ledger)
     if state.processor is not None:
         adapter.patch_processor_for_pvtc(state.processor, ledger)

@@ -60,6 +60,9 @@ class CallState:
     pending_image_inputs: dict[str, Any] | None = None
     in_forward: bool = False
     lvtc: Any = None  # LVTC's state of the forward in progress (`vtc.lvtc.LVTCStep`)
+    # Inside the model's `get_video_features`: a `get_image_features` call made from there (some models encode the
+    # frames that way) is for video frames, which vtc passes through uncompressed and never lays out as images.
+    video_features: bool = False
 
 
 @dataclass(eq=False)
@@ -208,9 +211,17 @@ class _Instrumentation:
 
     def get_image_features(self, original, *args, **kwargs):
         call = self.state.call
-        if not call.in_forward:
+        if not call.in_forward and not call.video_features:
             call.pending_image_inputs = self.state.adapter.image_inputs_from(call_arguments(original, *args, **kwargs))
         return original(*args, **kwargs)
+
+    def get_video_features(self, original, *args, **kwargs):
+        call = self.state.call
+        outer, call.video_features = call.video_features, True
+        try:
+            return original(*args, **kwargs)
+        finally:
+            call.video_features = outer
 
     def before_forward(self, _module, args, kwargs):
         adapter, call = self.state.adapter, self.state.call
@@ -257,13 +268,16 @@ def install_instrumentation(model: torch.nn.Module, state: VTCState) -> None:
 
     Hooks only observe: outputs are unchanged. The image inputs that `generate` hands to `get_image_features` before
     the prefill (it does not pass them to `forward`) are caught by a wrapper with the original signature, because
-    `generate` routes its keyword arguments by `inspect.signature(get_image_features)`.
+    `generate` routes its keyword arguments by `inspect.signature(get_image_features)`. A wrapper of
+    `get_video_features` marks the calls made for videos (`CallState.video_features`): their frames are not images.
     """
     adapter, ledger = state.adapter, state.ledger
     base = adapter.base_model
     state.num_decoder_layers = len(adapter.decoder_layers)
     instrumentation = _Instrumentation(state, base)
     ledger.replace_method(base, "get_image_features", instrumentation.get_image_features)
+    if callable(getattr(base, "get_video_features", None)):
+        ledger.replace_method(base, "get_video_features", instrumentation.get_video_features)
     ledger.add_forward_pre_hook(base, instrumentation.before_forward, "record image inputs", with_kwargs=True)
     ledger.add_forward_hook(base, instrumentation.after_forward, "close forward record", with_kwargs=True,
                             always_call=True)

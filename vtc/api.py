@@ -77,6 +77,9 @@ def compress(model: nn.Module, config: VTCConfig, processor: Any = None) -> nn.M
         processor: the model's processor. Required whenever a component changes the number of visual tokens the
             model produces (PVTC, RVTC): the processor is patched to emit the matching number of placeholders.
 
+    Under PVTC the model's own projector, which the compressed model no longer runs, is frozen (`requires_grad`
+    False) until `unpatch`, so that a plain `DistributedDataParallel` over every trainable parameter trains.
+
     Raises:
         ConfigError: `config` is invalid, or invalid for this model.
         UnsupportedModelError: the model's family or class is not supported.
@@ -125,7 +128,8 @@ def compress(model: nn.Module, config: VTCConfig, processor: Any = None) -> nn.M
 
 
 def unpatch(model: nn.Module) -> nn.Module:
-    """Undo `compress`: the model and its processor are exactly as before (weights, submodules, hooks, attributes).
+    """Undo `compress`: the model and its processor are exactly as before (weights, submodules, hooks, attributes,
+    each parameter's `requires_grad`).
 
     A model that is not compressed is returned unchanged.
     """
@@ -149,8 +153,8 @@ def disabled(model: nn.Module) -> AbstractContextManager[nn.Module]:
 
     Inside the block every hook and method override vtc installed on the model (or a module inside it) passes
     through, so `forward` and `generate` compute what the unpatched model computes, with the same weights (no
-    second copy) and with or without gradients. The parameters vtc added (PVTC's projector, LVTC's gate) go unused,
-    and `vtc.last_stats` is not updated. Other threads sharing the model keep running it compressed; blocks nest;
+    second copy) and with or without gradients. The parameters vtc added (PVTC's projector, LVTC's gate) go unused
+    (the model's own projector runs, still frozen as PVTC left it), and `vtc.last_stats` is not updated. Other threads sharing the model keep running it compressed; blocks nest;
     compression is back on when the block exits, also when it raises.
 
     The processor stays patched (its patched settings are shared by every thread): inputs for the uncompressed model

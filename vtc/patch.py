@@ -1,10 +1,12 @@
 """The patch ledger: every change vtc makes to a model or a processor goes through here, so that it can be undone.
 
-Three primitives, each recorded with its undo action:
+Four primitives, each recorded with its undo action:
 
 * `set_attr(obj, name, value)`: set (or shadow) an attribute on one instance; undo restores the previous instance
   attribute, or removes the shadow so the class attribute shows again. Submodules, parameters and buffers of an
   `nn.Module` are handled by `nn.Module.__setattr__` / `__delattr__`, so they stay registered correctly.
+* `set_requires_grad(module, requires_grad)`: set `requires_grad` on every parameter of a module; undo gives each
+  parameter its own previous value (a parameter frozen before stays frozen).
 * `add_hook(handle)`: a removable torch hook; undo calls `handle.remove()`.
 * `call_on_undo(fn)`: anything else (e.g. restoring a tensor in place).
 
@@ -188,6 +190,20 @@ class _RestoreAttribute:
             setattr(self.obj, self.name, self.old)
 
 
+class _RestoreRequiresGrad:
+    """Each parameter's previous `requires_grad`, found again by its owning module and name: a copy or a pickle of
+    the model maps the modules to their copies."""
+
+    def __init__(self, previous: list[tuple[nn.Module, str, bool]]):
+        self.previous = previous
+
+    def __call__(self) -> None:
+        for owner, name, requires_grad in self.previous:
+            parameter = owner._parameters.get(name)
+            if parameter is not None:
+                parameter.requires_grad_(requires_grad)
+
+
 class _RemoveHook:
     def __init__(self, handle: Any):
         self.handle = handle
@@ -254,6 +270,15 @@ class PatchLedger:
         if suspendable is None:
             suspendable = isinstance(obj, nn.Module)
         self.set_attr(obj, name, MethodOverride(obj, name, implementation, ledger=self, suspendable=suspendable))
+
+    def set_requires_grad(self, module: nn.Module, requires_grad: bool, description: str) -> None:
+        """Set `requires_grad` on every parameter of `module` and its submodules; undo restores each parameter's own
+        previous value."""
+        previous = [(owner, name, parameter.requires_grad) for owner in module.modules()
+                    for name, parameter in owner._parameters.items() if parameter is not None]
+        for owner, name, _ in previous:
+            owner._parameters[name].requires_grad_(requires_grad)
+        self._undo.append((f"requires_grad={requires_grad} {description}", _RestoreRequiresGrad(previous)))
 
     def add_hook(self, handle: Any, description: str) -> None:
         """Record a hook handle for removal (the hook is not guarded: prefer `add_forward_pre_hook` and

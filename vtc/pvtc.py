@@ -190,6 +190,11 @@ class PVTCProjector(nn.Module):
         th, tw = self.token_window
         return pooled_grid((grid[0] // th, grid[1] // tw), (self.side, self.side))
 
+    def native_input(self, patches: torch.Tensor) -> torch.Tensor:
+        """`init="warm"`: what the native projector receives for `(n, h, w, d)` patch grids to make the local
+        queries (every window averaged into one native token's patches)."""
+        return average_token_windows(patches, self.token_window, self.side)
+
     def _scale(self, grid: tuple[int, int]) -> torch.Tensor:
         scale = self.global_scale
         if tuple(scale.shape[:2]) == tuple(grid):
@@ -203,12 +208,17 @@ class PVTCProjector(nn.Module):
         patches: torch.Tensor,
         cls: torch.Tensor | None = None,
         apply_projector: ApplyProjector | None = None,
+        local: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
             patches: `(n, h, w, d)` patch grids of `n` items of the same size, row-major.
             cls: `(n, d)` CLS vectors; required when `global_query="cls"`.
-            apply_projector: how the native projector maps a patch grid to tokens; required by `init="warm"`.
+            apply_projector: how the native projector maps a patch grid to tokens; required by `init="warm"` unless
+                `local` is given.
+            local: `init="warm"`: the local queries `(n, gh, gw, c)`, the native projector applied to
+                `native_input(patches)` by the caller (who can batch it over items of every size, as the model
+                does); computed here when `None`.
 
         Returns:
             `(n, gh, gw, c)`, `(gh, gw) = output_grid((h, w))`, in the dtype of the projector's weights.
@@ -233,11 +243,10 @@ class PVTCProjector(nn.Module):
         if self.init == "paper":
             concat, _ = partition_windows(patches, self.window)
             local = F.silu(self.local_proj(self.local_norm(concat.flatten(3))))  # (n, gh, gw, c)
-        else:
+        elif local is None:
             if apply_projector is None:
                 raise ValueError("a warm PVTCProjector needs apply_projector to run its native projector")
-            averaged = average_token_windows(patches, self.token_window, self.side)
-            local = apply_projector(self.native_projector, averaged)
+            local = apply_projector(self.native_projector, self.native_input(patches))
         out = self.local_block(local.reshape(-1, c).to(dtype), regions, valid)
 
         if self.global_query != "none":

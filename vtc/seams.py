@@ -15,8 +15,18 @@ from typing import Any
 
 import torch
 from transformers import masking_utils
+from transformers.utils import ModelOutput
 
-__all__ = ["CACHE_ARGUMENTS", "cache_argument", "causal_mask", "output_cache"]
+__all__ = [
+    "CACHE_ARGUMENTS",
+    "TOWER_OUTPUT_FLAGS",
+    "cache_argument",
+    "causal_mask",
+    "hidden_states_request",
+    "output_cache",
+    "output_without",
+    "returns_tuple",
+]
 
 #: The names a forward takes its KV cache under, newest first: transformers 5.24 renamed `past_key_values` to `cache`
 #: (models and decoder layers still accept the old name, deprecated).
@@ -54,3 +64,33 @@ def causal_mask(*, config: Any, inputs_embeds: torch.Tensor, attention_mask: tor
         config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=None,
         layer_idx=layer_idx, allow_is_causal_skip=allow_is_causal_skip, **{_mask_cache_argument(): cache},
     )
+
+
+# ------------------------------------------------------------------------------------------ get_image_features
+#: The output flags a model's `get_image_features` (and `get_video_features`) hands on to its vision tower.
+TOWER_OUTPUT_FLAGS = ("output_hidden_states", "output_attentions")
+
+
+def hidden_states_request(requested: Any, selected_layers: int | list[int]) -> Any:
+    """The `output_hidden_states` a model that selects vision layers (`vision_feature_layer`) gives its tower: the
+    caller's request, else only the selected layers (transformers' `select_hidden_states`; the tower then returns a
+    `hidden_states` tuple with only those entries set)."""
+    return requested if requested else selected_layers
+
+
+def returns_tuple(module: Any, return_dict: bool | None) -> bool:
+    """Whether a method under transformers' `can_return_tuple` returns a tuple: `return_dict=False` passed, or none
+    passed and the module's config says `return_dict=False`."""
+    if return_dict is None:
+        return_dict = getattr(getattr(module, "config", None), "return_dict", True)
+    return not return_dict
+
+
+def output_without(output: ModelOutput, name: str) -> ModelOutput:
+    """`output` without its field `name` (a `ModelOutput` cannot delete a key), the other fields in their order (the
+    order of `to_tuple()`)."""
+    trimmed = type(output)()
+    for key, value in output.items():
+        if key != name:
+            trimmed[key] = value
+    return trimmed

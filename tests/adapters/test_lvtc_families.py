@@ -5,7 +5,7 @@ Also: several images in one prompt next to a sample with no image, and flash-att
 
 import pytest
 import torch
-from references import vtc_hooks
+from references import append_tokens, vtc_hooks
 from transformers.utils import is_flash_attn_2_available
 
 import vtc
@@ -44,17 +44,6 @@ def with_positions(model, inputs):
 def logits(model, inputs, **kwargs):
     with torch.no_grad():
         return model(**with_positions(model, inputs), **kwargs).logits
-
-
-def append_tokens(inputs, sequences):
-    """`inputs` with `sequences` (the prompt plus generated tokens) as input ids, masks extended by ones."""
-    extra = sequences.shape[1] - inputs["input_ids"].shape[1]
-    out = {**inputs, "input_ids": sequences}
-    out["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(sequences[:, :extra])], 1)
-    if "mm_token_type_ids" in inputs:
-        types = inputs["mm_token_type_ids"]
-        out["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(types[:, :extra])], 1)
-    return out
 
 
 def single_sample_inputs(family, processor, index):

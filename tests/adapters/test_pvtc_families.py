@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vtc
-from vtc.testing import TINY_FAMILIES, build_tiny_model, build_tiny_processor, tiny_batch
+from vtc.testing import TINY_FAMILIES, build_tiny_model, build_tiny_processor, default_image_sizes, tiny_batch
 
 ATTENTION = ("sdpa", "eager")
 
@@ -84,9 +84,27 @@ def test_warm_ratio_1_reproduces_the_unpatched_model(family, attn):
     vtc.compress(model, vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=1, init="warm")), processor=processor)
     assert tiny_batch(family, processor, batch=2)["input_ids"].equal(inputs["input_ids"])
     with torch.no_grad():
-        torch.testing.assert_close(model(**inputs).logits, reference, rtol=0, atol=1e-6)
+        assert torch.equal(model(**inputs).logits, reference)
     assert torch.equal(model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False),
                        reference_generation)
+
+
+# Qwen: three images of different, small grids. A matrix product's last bits depend on how many rows it multiplies at
+# once, and the model runs its merger (and each DeepStack merger) once over every image: PVTC's copy must too.
+SMALL_IMAGES = {"qwen2_vl": [(16, 16), (16, 24), (24, 16)], "qwen2_5_vl": [(16, 16), (16, 24), (24, 16)],
+                "qwen3_vl": [(16, 16), (16, 24), (24, 16)]}
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_warm_ratio_1_is_exact_for_images_of_several_sizes(family):
+    model, processor = build_tiny_model(family), build_tiny_processor(family)
+    sizes = SMALL_IMAGES.get(family) or default_image_sizes(family, 3)
+    inputs = tiny_batch(family, processor, batch=3, image_sizes=sizes)
+    with torch.no_grad():
+        reference = model(**inputs).logits
+    vtc.compress(model, vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=1, init="warm")), processor=processor)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, reference)
 
 
 @pytest.mark.parametrize("attn", ATTENTION)
