@@ -18,7 +18,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import transformers
 from einops import rearrange
+from packaging.version import Version
 from torch import nn
 from transformers.image_utils import SizeDict
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -342,12 +344,30 @@ class _PixelBudget:
         return original(*bound.args, **bound.kwargs)
 
     def get_number_of_image_patches(self, original, height: int, width: int, images_kwargs: dict | None = None) -> int:
-        image_processor = original.__self__
         images_kwargs = dict(images_kwargs or {})
-        min_pixels = images_kwargs.get("min_pixels", image_processor.size["shortest_edge"])
-        max_pixels = images_kwargs.get("max_pixels", image_processor.size["longest_edge"])
-        min_pixels, max_pixels = self.pixels(height, width, min_pixels, max_pixels)
-        return original(height, width, {**images_kwargs, "min_pixels": min_pixels, "max_pixels": max_pixels})
+        bounds = _pixel_bounds(images_kwargs, original.__self__.size)
+        min_pixels, max_pixels = self.pixels(height, width, *bounds)
+        return original(height, width, _with_pixel_bounds(images_kwargs, min_pixels, max_pixels))
+
+
+# transformers 5.25 reads an image's pixel bounds from `images_kwargs["size"]` and deprecates `min_pixels` /
+# `max_pixels` there; earlier releases read only `min_pixels` / `max_pixels`.
+_BOUNDS_IN_SIZE = Version(transformers.__version__) >= Version("5.25")
+
+
+def _pixel_bounds(images_kwargs: Mapping[str, Any], default_size: Mapping[str, int]) -> tuple[int, int]:
+    """The `(min_pixels, max_pixels)` that `images_kwargs` asks for, else the image processor's own."""
+    size = images_kwargs.get("size") or default_size
+    return (images_kwargs.get("min_pixels", size["shortest_edge"]),
+            images_kwargs.get("max_pixels", size["longest_edge"]))
+
+
+def _with_pixel_bounds(images_kwargs: dict[str, Any], min_pixels: int, max_pixels: int) -> dict[str, Any]:
+    """`images_kwargs` with its pixel bounds replaced, in the form the installed transformers reads."""
+    rest = {k: v for k, v in images_kwargs.items() if k not in ("min_pixels", "max_pixels", "size")}
+    if _BOUNDS_IN_SIZE:
+        return {**rest, "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+    return {**rest, "min_pixels": min_pixels, "max_pixels": max_pixels}
 
 
 @register_adapter("qwen2_5_vl")

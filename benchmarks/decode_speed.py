@@ -36,6 +36,7 @@ from transformers import LlavaForConditionalGeneration, LogitsProcessor, LogitsP
 
 import vtc
 from vtc.bench import kv_cache_megabytes
+from vtc.seams import output_cache
 
 
 def build_small_model(device: str, dtype: torch.dtype, attn: str) -> LlavaForConditionalGeneration:
@@ -116,7 +117,7 @@ def main() -> None:
         for name in names:  # warm-up, and the KV cache one prefill of the prompt leaves
             vtc.compress(model, configs[name])
             out = model(**inputs[name], use_cache=True, logits_to_keep=1)
-            kv_mib[name] = kv_cache_megabytes(out.past_key_values)
+            kv_mib[name] = kv_cache_megabytes(output_cache(out))
             layer_lens[name] = vtc.last_stats(model)["layer_seq_lens"]
             del out
             # a whole generation: no timed round then meets a KV length for the first time (on the H200 a first

@@ -13,6 +13,7 @@ from real_size_run import Guard, log, median
 
 import vtc
 from vtc.bench import kv_cache_megabytes
+from vtc.seams import output_cache
 
 
 def generate_once(model, family: Family, row: Row, inputs, new_tokens: int) -> dict[str, float]:
@@ -44,7 +45,7 @@ def decode_phase(model, family: Family, rows: list[Row], inputs, new_tokens, rep
                 break
             family.apply(model, row.config)
             out = model(**inputs[row.inputs_key], use_cache=True, logits_to_keep=1)
-            kv[row.name] = kv_cache_megabytes(out.past_key_values)
+            kv[row.name] = kv_cache_megabytes(output_cache(out))
             lens[row.name] = (list(vtc.last_stats(model)["layer_seq_lens"]) if row.config is not None else
                               [inputs[row.inputs_key]["input_ids"].shape[1]] * model.config.text_config.num_hidden_layers)
             del out
