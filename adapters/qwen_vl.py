@@ -92,16 +92,19 @@ class Qwen2VLAdapter(Adapter):
         grids = self._check_image_inputs(pixel_values, grid_thw)
         # Hidden states only where asked or where a merger reads them: output capture costs `torch.compile` a graph
         # break. The model's own method returns them only where asked.
+        if output_hidden_states is None:  # unset: the tower's config decides, as in the model's own call
+            output_hidden_states = bool(getattr(self.visual.config, "output_hidden_states", False))
         flags = {} if output_attentions is None else {"output_attentions": output_attentions}
+        # a merger that reads hidden states needs all of them, whatever subset (a list of layers) the caller asked for
         output = self.visual(pixel_values.to(self.visual.dtype), grid_thw=grid_thw, return_dict=True,
-                             output_hidden_states=bool(output_hidden_states) or self.reads_tower_hidden_states,
+                             output_hidden_states=True if self.reads_tower_hidden_states else output_hidden_states,
                              **flags)
         per_name = {name: self._to_grids(self._to_merge_order(rows, grid_thw), grids)
                     for name, rows in self._merger_inputs(output).items()}
         patches = per_name.pop("merger")
         extra = {"deepstack": [per_name[k] for k in sorted(per_name)]} if per_name else {}
-        if self.reads_tower_hidden_states and not output_hidden_states:
-            output = output_without(output, "hidden_states")
+        if self.reads_tower_hidden_states:
+            output = _hidden_states_as_asked(output, output_hidden_states)
         return VisionFeatures(
             patches=patches, cls=None, items_per_image=[1] * len(patches), extra=extra, image_inputs=dict(image_inputs),
             tower_output=output,
@@ -348,6 +351,19 @@ class _PixelBudget:
         bounds = _pixel_bounds(images_kwargs, original.__self__.size)
         min_pixels, max_pixels = self.pixels(height, width, *bounds)
         return original(height, width, _with_pixel_bounds(images_kwargs, min_pixels, max_pixels))
+
+
+def _hidden_states_as_asked(output: ModelOutput, asked: bool | Sequence[int]) -> ModelOutput:
+    """A tower output that holds every hidden state, as the tower returns it for the caller's `output_hidden_states`:
+    none (`False`), all (`True`), or only the listed layers, the others `None` (negative indices count from the end)."""
+    if asked is True:
+        return output
+    if not asked:
+        return output_without(output, "hidden_states")
+    states = output.hidden_states
+    kept = {i % len(states) for i in asked}
+    output["hidden_states"] = tuple(state if i in kept else None for i, state in enumerate(states))
+    return output
 
 
 # transformers 5.25 reads an image's pixel bounds from `images_kwargs["size"]` and deprecates `min_pixels` /

@@ -45,7 +45,9 @@ def pytest_runtest_logreport(report):
         return
     if report.when != "call" and report.passed:
         return
-    entry = _outcomes.setdefault(report.nodeid, dict(zip(("family", "condition", "test"), case, strict=True)))
+    family, condition, test = case
+    entry = _outcomes.setdefault(report.nodeid, {"family": family, "condition": condition, "test": test,
+                                                 "excluded": exclusion_for(test, family, condition) is not None})
     entry["seconds"] = round(entry.get("seconds", 0.0) + report.duration, 3)
     if entry.get("outcome", "passed") != "passed":
         return

@@ -13,6 +13,7 @@ with a warm PVTC ratio 1. Exit status 1 names every such test, or an exclusion t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -42,6 +43,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sdist", type=Path, help="a transformers source distribution to use instead of fetching")
     parser.add_argument("--cache", type=Path, default=_DEFAULT_CACHE, help="where fetched distributions are kept")
     parser.add_argument("--results", type=Path, help="also write every test's outcome here (JSON)")
+    parser.add_argument("--verbose", action="store_true", help="show pytest's own output")
     args = parser.parse_args(argv)
     if _BASELINE not in args.conditions:
         parser.error(f"--conditions must include {_BASELINE}: the requirement compares against it")
@@ -55,16 +57,18 @@ def _run_pytest(args: argparse.Namespace, upstream: Path, results: Path) -> None
                str(_ROOT / "compat"), str(_ROOT / "compat"), "-q", "--tb=no", "--no-header"]
     if args.workers:
         command += ["-n", str(args.workers)]
-    # pytest's own exit status is not the verdict: tests that fail unpatched too are allowed.
-    subprocess.run(command, env=env, cwd=_ROOT, check=False)
+    # pytest's own exit status is not the verdict (tests that fail unpatched too are allowed); its output is shown
+    # when asked for, or when it produced no results.
+    run = subprocess.run(command, env=env, cwd=_ROOT, check=False, text=True,
+                         stdout=None if args.verbose else subprocess.PIPE, stderr=subprocess.STDOUT)
     if not results.is_file():
-        raise SystemExit("compat: pytest wrote no results (see its output above)")
+        print(run.stdout or "", end="")
+        raise SystemExit("compat: pytest wrote no results (its output is above)")
 
 
 def _table(outcomes: list[dict], families: list[str], conditions: list[str]) -> str:
     counts = Counter((o["family"], o["condition"], o["outcome"]) for o in outcomes)
-    excluded = Counter((o["family"], o["condition"]) for o in outcomes
-                       if o["outcome"] == "skipped" and o.get("detail", "").startswith("excluded:"))
+    excluded = Counter((o["family"], o["condition"]) for o in outcomes if o["excluded"])
     lines = ["| family | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
     for family in families:
         cells = [f"{counts[family, c, 'passed']} / {counts[family, c, 'failed']} / {counts[family, c, 'skipped']} "
@@ -77,11 +81,13 @@ def _regressions(outcomes: list[dict]) -> list[dict]:
     """Compressed outcomes of tests that pass unpatched and do not pass compressed (excluded ones aside)."""
     passed = {(o["family"], o["test"]) for o in outcomes if o["condition"] == _BASELINE and o["outcome"] == "passed"}
     return [o for o in outcomes if o["condition"] != _BASELINE and (o["family"], o["test"]) in passed
-            and o["outcome"] != "passed" and not o.get("detail", "").startswith("excluded:")]
+            and o["outcome"] != "passed" and not o["excluded"]]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
+    if importlib.util.find_spec("parameterized") is None:
+        raise SystemExit("compat: transformers' test module needs `parameterized`: pip install parameterized")
     import transformers
 
     version = transformers.__version__

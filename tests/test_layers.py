@@ -27,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # source folder -> the import name it installs as (pyproject.toml's package-dir)
 SOURCES = {"vtc": "vtc", "adapters": "vtc.adapters", "testing": "vtc.testing"}
-SCRIPTS = ("benchmarks", "examples")
+SCRIPTS = ("benchmarks", "compat", "examples")
 
 LAYERS = ("core", "api", "testing", "applications", "cli", "facade")
 _APPLICATIONS = ("vtc.tasks", "vtc.evaluate", "vtc.bench", "vtc.training", "vtc.ablate", "vtc.plots")
