@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import hypothesis.strategies as st
 import numpy as np
 import pytest
@@ -9,9 +11,9 @@ from hypothesis import given, settings
 
 import vtc
 from vtc.tasks import available, score, synthetic
-from vtc.tasks.synthetic import CELL, COLOURS, GRID, SPLITS
+from vtc.tasks.synthetic import CELL, COLOURS, CONTRAST, GRID, QUADRANTS, SALIENT, SPLITS, SQUARE
 
-NAMES = st.sampled_from(available())
+NAMES = st.sampled_from([*available(), *SALIENT])
 SEEDS = st.integers(0, 2**32)
 FEW = settings(max_examples=25)  # each example builds a handful of images: keep the suite fast
 SIDE = GRID * CELL
@@ -84,6 +86,84 @@ def test_more_red_answer_names_the_image_with_more_red_pixels(seed):
         assert sample.answer == ("first" if first > second else "second")
 
 
+def the_square(image) -> tuple[str, int, int]:
+    """The small square of a salient task's image, read from its pixels: its colour and top-left x and y. It is the
+    one palette colour in the image, SQUARE x SQUARE pixels in one solid square."""
+    pixels = np.asarray(image)
+    present = {name: (pixels == rgb).all(axis=-1) for name, rgb in COLOURS.items()}
+    (colour, mask), = ((name, mask) for name, mask in present.items() if mask.any())
+    ys, xs = np.nonzero(mask)
+    assert mask.sum() == SQUARE * SQUARE and np.ptp(ys) == np.ptp(xs) == SQUARE - 1, "not one solid square"
+    return colour, int(xs.min()), int(ys.min())
+
+
+@FEW
+@given(st.sampled_from(SALIENT), st.sampled_from(SPLITS), SEEDS)
+def test_salient_background_is_a_low_contrast_grey_texture_never_the_square_colour(name, split, seed):
+    for sample in synthetic(name, split, size=4, seed=seed):
+        colour, x, y = the_square(sample.images[0])
+        pixels = np.asarray(sample.images[0]).astype(int)
+        background = np.delete(pixels.reshape(-1, 3), [r * SIDE + c for r in range(y, y + SQUARE)
+                                                       for c in range(x, x + SQUARE)], axis=0)
+        assert (background == background[:, :1]).all()  # grey: the three channels equal
+        levels = set(background[:, 0].tolist())
+        assert len(levels) <= 2 and max(levels) - min(levels) <= CONTRAST and 10 < min(levels) and max(levels) < 250
+        assert COLOURS[colour] not in {(v, v, v) for v in levels}
+
+
+@FEW
+@given(SEEDS)
+def test_odd_one_out_answer_is_the_square_colour(seed):
+    for sample in synthetic("odd-one-out", size=4, seed=seed):
+        assert sample.choices == list(COLOURS) and sample.question == "Which colour is the small square?"
+        assert sample.answer == the_square(sample.images[0])[0]
+
+
+@FEW
+@given(SEEDS)
+def test_where_is_it_answer_is_the_quadrant_holding_the_whole_square(seed):
+    half = GRID * CELL // 2
+    for sample in synthetic("where-is-it", size=4, seed=seed):
+        _, x, y = the_square(sample.images[0])
+        assert x // half == (x + SQUARE - 1) // half and y // half == (y + SQUARE - 1) // half  # never across a midline
+        assert sample.choices == list(QUADRANTS)
+        assert sample.answer == QUADRANTS[2 * (y // half) + x // half]
+
+
+@pytest.mark.parametrize("name", SALIENT)
+def test_salient_square_sits_on_the_token_grid_and_across_two_tokens(name):
+    # One visual token covers one CELL-pixel cell: the square covers one token, or half of each of two neighbours.
+    # Offsets from the cell grid: (0, 0) on it, (half a cell, 0) across a vertical border, (0, half) a horizontal one.
+    placements = Counter((x % CELL, y % CELL) for _, x, y in (the_square(s.images[0]) for s in synthetic(name, size=300)))
+    assert set(placements) == {(0, 0), (CELL // 2, 0), (0, CELL // 2)}, placements
+    assert all(count >= 70 for count in placements.values()), placements  # a third each, of 300
+
+
+# The sha256 of the first three tasks' samples in the test below, those the shipped reference models are trained on.
+EXISTING_TASKS_DIGEST = "94eb425e68855f7ed690b0b8c703ef8695a870a6460c158fa7710bf1aa105119"
+
+
+def test_salient_tasks_are_made_but_not_listed_nor_in_the_vocabulary():
+    # The shipped reference models are trained on the listed tasks only, with a tokenizer of their words.
+    assert set(SALIENT).isdisjoint(available()) and available() == ["grid-readout", "majority-colour", "more-red"]
+    assert {"square", "quadrant", "top"}.isdisjoint(vtc.tasks.vocabulary())
+    with pytest.raises(vtc.ConfigError, match="more-red, odd-one-out, where-is-it"):
+        synthetic("no-such-task")
+
+
+def test_existing_tasks_samples_are_unchanged():
+    # Other tests and the documented figures depend on these samples: a digest of their pixels and answers.
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("grid-readout", "majority-colour", "more-red"):
+        for sample in synthetic(name, "test", size=8, seed=0) + synthetic(name, "train", size=8, seed=3):
+            digest.update(sample.answer.encode())
+            for image in sample.images:
+                digest.update(np.asarray(image).tobytes())
+    assert digest.hexdigest() == EXISTING_TASKS_DIGEST
+
+
 @FEW
 @given(NAMES, SEEDS)
 def test_a_perfect_prediction_scores_1_and_an_empty_one_0(name, seed):
@@ -113,7 +193,7 @@ def test_scores_ignore_case_spaces_and_a_final_full_stop(name, seed, spell):
 
 
 @FEW
-@given(st.sampled_from(["majority-colour", "more-red"]), SEEDS)
+@given(st.sampled_from(["majority-colour", "more-red", "odd-one-out", "where-is-it"]), SEEDS)
 def test_exact_match_gives_0_to_another_choice(name, seed):
     sample = synthetic(name, size=1, seed=seed)[0]
     other = next(choice for choice in sample.choices if choice != sample.answer)

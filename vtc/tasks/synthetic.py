@@ -1,13 +1,21 @@
-"""Seeded synthetic tasks: coloured grids whose answers the project knows, with a scorer each.
+"""Seeded synthetic tasks: coloured images whose answers the project knows, with a scorer each.
 
-Every image is a `GRID x GRID` grid of `CELL`-pixel cells in `len(COLOURS)` colours (48 x 48 pixels by default), so
-that a model whose visual token covers one cell (a 4-pixel patch under a 2x2 merge or shuffle, or an 8-pixel patch)
-sees one cell per token.
+Every image is 48 x 48 pixels, a `GRID x GRID` grid of `CELL`-pixel cells, so that a model whose visual token covers
+one cell (a 4-pixel patch under a 2x2 merge or shuffle, or an 8-pixel patch) sees one cell per token. The grids'
+cells are in `len(COLOURS)` colours.
 
 * `grid-readout` (fine): the colours of all cells in raster order. Every cell matters: pooling 2x2 cells into one
   token mixes four independent colours, so training-free compression collapses it.
 * `majority-colour` (coarse): the colour of most cells. Pooling keeps it.
 * `more-red` (several images): which of two images has more red cells, `first` or `second`.
+* `odd-one-out` (salient): the colour of one small square on a low-contrast grey texture. One token of 36 holds the
+  answer: pooling dilutes it by the window size; a rule that keeps that token keeps the answer.
+* `where-is-it` (salient and positional): the quadrant of the same kind of square, `top left` ... `bottom right`.
+  The kept tokens must keep their positions.
+
+The small square of the salient tasks is one cell wide; it sits on the cell grid (one 8-px token) in a third of the
+samples and straddles two neighbouring cells (half in each) in the others, so that no method gains by alignment.
+`available()` lists the first three tasks (see `SALIENT`).
 
 `synthetic(name, split, size, seed)` is deterministic: the same arguments give the same samples on every machine,
 and the `train` and `test` splits of one seed never share a stream.
@@ -24,7 +32,8 @@ from PIL import Image
 from ..errors import ConfigError
 from .sample import Sample
 
-__all__ = ["CELL", "COLOURS", "GRID", "available", "grid_image", "score", "synthetic", "vocabulary"]
+__all__ = ["CELL", "COLOURS", "CONTRAST", "GRID", "QUADRANTS", "SALIENT", "SQUARE", "available", "grid_image", "score",
+           "synthetic", "vocabulary"]
 
 GRID, CELL = 6, 8
 #: The palette, by the name the answers use (one word each).
@@ -40,6 +49,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 _NAMES = list(COLOURS)
 _RGB = np.array(list(COLOURS.values()), dtype=np.uint8)
+#: The side in pixels of the salient tasks' small square: one cell, so one visual token when on the cell grid.
+SQUARE = CELL
+#: The answers of `where-is-it`, indexed by `2 * row + column` of the quadrant.
+QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
+#: The darker grey level of a salient task's background is drawn from this range; the lighter one is CONTRAST above.
+#: Both stay well away from the palette's black (10) and white (250).
+BACKGROUND_GREYS, CONTRAST = (64, 192), 24
 SPLITS = ("train", "test")
 
 
@@ -82,6 +98,47 @@ def _more_red(rng: random.Random) -> Sample:
                   "first" if first_has_more else "second", choices=["first", "second"], task="more-red")
 
 
+def _square_corner(rng: random.Random) -> tuple[tuple[int, int], int]:
+    """The top-left pixel (x, y) of the small square and its quadrant (`QUADRANTS` index). The square lies inside
+    its quadrant; a third of the corners are on the cell grid, a third straddle two cells side by side, a third two
+    cells one above the other."""
+    half = GRID * CELL // 2
+    straddle = rng.randrange(3)  # 0: on the grid, 1: across a vertical cell border, 2: across a horizontal one
+    corner = []
+    for axis in (0, 1):
+        offset = CELL // 2 if straddle == axis + 1 else 0
+        corner.append(rng.randrange(2) * half + rng.choice(range(offset, half - SQUARE + 1, CELL)))
+    x, y = corner
+    return (x, y), 2 * (y // half) + x // half
+
+
+def _salient_image(rng: random.Random) -> tuple[Image.Image, int, int]:
+    """One small square of a palette colour on a low-contrast texture of two greys (a grey level and one `CONTRAST`
+    lighter, in half-cell blocks), so that the background is neither a palette colour nor one flat colour; returns
+    the image, the square's colour (a `_NAMES` index) and its quadrant."""
+    side, block = GRID * CELL, CELL // 2
+    colour = rng.randrange(len(_NAMES))
+    level = rng.randint(*BACKGROUND_GREYS)
+    texture = np.array([[rng.random() < 0.5 for _ in range(side // block)] for _ in range(side // block)])
+    texture = texture.repeat(block, axis=0).repeat(block, axis=1)
+    pixels = np.where(texture, level + CONTRAST, level).astype(np.uint8)[..., None].repeat(3, axis=-1)
+    (x, y), quadrant = _square_corner(rng)
+    pixels[y:y + SQUARE, x:x + SQUARE] = _RGB[colour]
+    return Image.fromarray(pixels, mode="RGB"), colour, quadrant
+
+
+def _odd_one_out(rng: random.Random) -> Sample:
+    image, colour, _ = _salient_image(rng)
+    return Sample([image], "Which colour is the small square?", _NAMES[colour], choices=list(_NAMES),
+                  task="odd-one-out")
+
+
+def _where_is_it(rng: random.Random) -> Sample:
+    image, _, quadrant = _salient_image(rng)
+    return Sample([image], "Which quadrant is the small square in?", QUADRANTS[quadrant], choices=list(QUADRANTS),
+                  task="where-is-it")
+
+
 def _fraction_of_words(prediction: str, answer: str) -> float:
     """The fraction of the answer's words that the prediction has at the same position (case and a final full stop
     ignored, as by exact match)."""
@@ -101,23 +158,32 @@ _GENERATORS: dict[str, Callable[[random.Random], Sample]] = {
     "grid-readout": _grid_readout,
     "majority-colour": _majority_colour,
     "more-red": _more_red,
+    "odd-one-out": _odd_one_out,
+    "where-is-it": _where_is_it,
 }
 _SCORERS: dict[str, Callable[[str, str], float]] = {"grid-readout": _fraction_of_words}
 
 
+#: The salient tasks. `synthetic` makes them; `available()` (the tasks `vtc ablate`, `vtc train` and `--data
+#: task:NAME` offer, and the reference models' training mix and vocabulary) leaves them out, because the shipped
+#: reference models are not trained on them and cannot read their questions.
+SALIENT = ("odd-one-out", "where-is-it")
+
+
 def available() -> list[str]:
-    """The ids of the synthetic tasks."""
-    return list(_GENERATORS)
+    """The ids of the synthetic tasks that the shipped reference models are trained on."""
+    return [name for name in _GENERATORS if name not in SALIENT]
 
 
 def synthetic(name: str, split: str = "test", size: int = 256, seed: int = 0) -> list[Sample]:
-    """`size` samples of the synthetic task `name` (`available()`), deterministic per `(name, split, seed)`.
+    """`size` samples of the synthetic task `name` (`available()` or `SALIENT`), deterministic per
+    `(name, split, seed)`.
 
     Raises:
         ConfigError: an unknown task or split, or a size below 1.
     """
     if name not in _GENERATORS:
-        raise ConfigError("task", name, f"one of {', '.join(available())}")
+        raise ConfigError("task", name, f"one of {', '.join(_GENERATORS)}")
     if split not in SPLITS:
         raise ConfigError("split", split, f"one of {', '.join(SPLITS)}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -133,15 +199,16 @@ def score(sample: Sample, prediction: str) -> float:
 
 
 def vocabulary() -> list[str]:
-    """Every word (as a whitespace-and-punctuation pre-tokenizer splits text) of the tasks' questions and answers, in
-    a fixed order: the questions of one sample per task, then the colours, then the multiple-choice answers. The
-    reference models' word-level tokenizers are built on it."""
+    """Every word (as a whitespace-and-punctuation pre-tokenizer splits text) of the questions and answers of the
+    tasks of `available()`, in a fixed order: the questions of one sample per task, then the colours, then the
+    multiple-choice answers task by task. The reference models' word-level tokenizers are built on it."""
     from tokenizers import pre_tokenizers
 
     split = pre_tokenizers.Whitespace()
     words: list[str] = []
-    texts = [synthetic(task, "train", 1, 0)[0].question for task in available()]
-    texts += list(COLOURS) + ["first", "second"]
+    samples = [synthetic(task, "train", 1, 0)[0] for task in available()]
+    texts = [sample.question for sample in samples] + list(COLOURS)
+    texts += [choice for sample in samples for choice in sample.choices or ()]
     for text in texts:
         for word, _ in split.pre_tokenize_str(text):
             if word not in words:
