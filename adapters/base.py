@@ -28,6 +28,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
+from vtc.config import PruneConfig
 from vtc.errors import (
     InputError,
     PlaceholderMismatchError,
@@ -38,11 +39,16 @@ from vtc.errors import (
 from vtc.layout import BatchLayout, SampleLayout, VisualSpan
 from vtc.ops import pooled_grid
 from vtc.patch import PatchLedger
+from vtc.prune import item_template as prune_item_template
+
+from ._attention_taps import AttentionTaps, DecoderAttention, decoder_attention, feature_layer_taps
 
 __all__ = [
     "ALLOW_UNTESTED_ENV",
     "MAKE_INPUTS_WITH_PROCESSOR",
     "Adapter",
+    "AttentionTaps",
+    "DecoderAttention",
     "FixedPlaceholders",
     "VisionFeatures",
     "check_pixel_tiles",
@@ -238,6 +244,16 @@ class Adapter:
         return self.language_model.config
 
     @property
+    def final_norm(self) -> nn.Module:
+        """The language model's norm after its last decoder layer."""
+        return self.language_model.norm
+
+    def decoder_attention(self, index: int) -> DecoderAttention:
+        """The attention of decoder layer `index`: what the in-decoder pruning rules compute their attention rows and
+        read their keys from (`vtc.PruneConfig` methods `fastv`, `pdrop`, `dart`)."""
+        return decoder_attention(self.decoder_layers[index], self.text_config)
+
+    @property
     def image_token_id(self) -> int:
         return int(self.model.config.image_token_id)
 
@@ -339,8 +355,8 @@ class Adapter:
         if not self.fixed_token_grid:
             raise NotImplementedError(f"{type(self).__name__} has no fixed token grid: it must implement "
                                       "image_templates")
-        h, w = self.token_grid_under_pvtc(self.reference_token_grid)
-        return [(VisualSpan(0, h * w, (h, w)),)] * (num_placeholders // (h * w))
+        template = self.item_template(self.reference_token_grid)
+        return [template] * (num_placeholders // _template_length(template))
 
     def visual_layout(self, input_ids: torch.Tensor, image_inputs: Mapping[str, Any]) -> BatchLayout:
         """Where each sample's visual tokens are and how they are arranged.
@@ -391,6 +407,14 @@ class Adapter:
         side = self.pvtc_side or 1
         return pooled_grid(grid, (side, side))
 
+    def item_template(self, grid: tuple[int, int]) -> SampleLayout:
+        """The span one image or tile with the native token grid `grid` fills at the language model's input: PVTC's
+        pooled grid (`token_grid_under_pvtc`), the pruning budget (`vtc.prune.item_template`) or the native grid."""
+        if self.prune_config is not None:
+            return prune_item_template(self.prune_config, grid)
+        h, w = self.token_grid_under_pvtc(grid)
+        return (VisualSpan(0, h * w, (h, w)),)
+
     @property
     def reference_token_grid(self) -> tuple[int, int]:
         """The native token grid of one tile or crop (or, for families without tiles, of a typical image)."""
@@ -426,6 +450,34 @@ class Adapter:
     def patch_processor_for_pvtc(self, processor: Any, ledger: PatchLedger) -> None:
         """Make `processor` emit one placeholder per PVTC token (`token_grid_under_pvtc`)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------------- pruning
+    #: The `vtc.PruneConfig` methods this family supports; `vtc.compress` refuses the others with a `ConfigError`.
+    prune_methods: ClassVar[tuple[str, ...]] = ()
+    #: The pruning config while pruning reduces the model's tokens, else `None`; set by pruning through the ledger.
+    prune_config: PruneConfig | None = None
+
+    def patch_processor_for_prune(self, processor: Any, ledger: PatchLedger) -> None:
+        """Make `processor` emit one placeholder per token an image keeps under pruning (`item_template`).
+
+        The default serves a family with a `fixed_token_grid` whose processor writes each image's placeholders with
+        `replace_image_token`."""
+        count = _template_length(self.item_template(self.reference_token_grid))
+        ledger.set_attr(processor, "replace_image_token", FixedPlaceholders(processor.image_token, count))
+
+    def downsample_install(self, state: Any) -> None:
+        """Make `state.processor` give every image a lower resolution or fewer tiles, so that the model natively makes
+        about `state.config.prune.keep` tokens for it, recording every change in `state.ledger`. Every family that
+        lists `"downsample"` in `prune_methods` implements it."""
+        raise NotImplementedError(f"{type(self).__name__} lists 'downsample' but does not implement downsample_install")
+
+    def feature_layer_attention(self) -> AttentionTaps:
+        """The modules whose outputs are the queries and keys of the vision layer whose output the model reads
+        (`config.vision_feature_layer`): what VisionZip's attention row and keys are computed from.
+
+        The default reads a transformers vision encoder at `base_model.vision_tower` (`feature_layer_taps`).
+        """
+        return feature_layer_taps(self.base_model.vision_tower, self.model.config.vision_feature_layer)
 
     # ------------------------------------------------------------------------------------------------- processor
     def image_inputs_from(self, inputs: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,40 +29,25 @@ from transformers.models.llava_next.modeling_llava_next import (
 )
 from transformers.utils import ModelOutput
 
-from vtc.config import RVTCConfig
 from vtc.errors import InputError, PlaceholderMismatchError, UnsupportedModelError
 from vtc.layout import SampleLayout, VisualSpan
 from vtc.patch import PatchLedger
 from vtc.registry import register_adapter
-from vtc.rvtc import check_budget, plan_tiles, tile_token_grid
+from vtc.rvtc import check_budget, tile_token_grid
 from vtc.seams import hidden_states_request
 
 from ._per_image import attribute_swap_lock, concatenate_outputs, consecutive_runs, swapped_attribute
-from .base import MAKE_INPUTS_WITH_PROCESSOR, Adapter, FixedPlaceholders, VisionFeatures, check_pixel_tiles
+from ._pinpoints import PinpointPlan
+from .base import (
+    MAKE_INPUTS_WITH_PROCESSOR,
+    Adapter,
+    FixedPlaceholders,
+    VisionFeatures,
+    check_pixel_tiles,
+    shift_spans,
+)
 
 __all__ = ["LlavaAdapter", "LlavaNextAdapter", "LlavaOnevisionAdapter"]
-
-
-class PinpointPlan:
-    """Per image `(height, width)`, the pinpoints RVTC allows it (see `_AnyResAdapter.rvtc_install`)."""
-
-    def __init__(self, config: RVTCConfig, tile_size: int, tokens_per_crop: int, native: list[list[int]], crop: int):
-        self.config, self.tile_size, self.tokens_per_crop = config, tile_size, tokens_per_crop
-        self.native, self.crop = native, crop
-        # Asked for every image several times per forward (crops, packing, layout); a value is never mutated, and a
-        # racing thread at worst computes the same entry twice.
-        self._cache: dict[tuple[int, int], list[list[int]]] = {}
-
-    def __call__(self, height: int, width: int) -> list[list[int]]:
-        key = (height, width)
-        if key not in self._cache:
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            plan = plan_tiles(width, height, self.config, self.tile_size, self.tokens_per_crop, thumbnail="always")
-            crop, low = self.crop, self.config.min_tiles
-            allowed = [p for p in self.native if low <= -(-p[0] // crop) * -(-p[1] // crop) <= plan.tiles]
-            self._cache[key] = allowed or [[plan.rows * crop, plan.cols * crop]]
-        return self._cache[key]
 
 
 def _split_list(items: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
@@ -157,6 +142,7 @@ class LlavaLikeAdapter(Adapter):
 @register_adapter("llava")
 class LlavaAdapter(LlavaLikeAdapter):
     model_class_names = ("LlavaForConditionalGeneration",)
+    prune_methods = ("pool", "random", "divprune", "visionzip")  # not downsample: one fixed input resolution
 
     def vision_features(self, pixel_values: torch.Tensor, *, output_hidden_states: Any = None,
                         output_attentions: bool | None = None, **image_inputs: Any) -> VisionFeatures:
@@ -177,10 +163,9 @@ class LlavaAdapter(LlavaLikeAdapter):
         ledger.set_attr(processor, "replace_image_token", FixedPlaceholders(processor.image_token, h * w))
 
     def image_templates(self, image_inputs: Mapping[str, Any], num_placeholders: int) -> list[SampleLayout]:
-        h, w = self.token_grid_under_pvtc(self.patch_grid)
-        template: SampleLayout = (VisualSpan(0, h * w, (h, w)),)
+        template = self.item_template(self.patch_grid)
         if self.keeps_cls_token:
-            template = (VisualSpan(0, 1, None), VisualSpan(1, h * w, (h, w)))
+            template = (VisualSpan(0, 1, None), *shift_spans(template, 1))
         per_image = sum(s.length for s in template)
         num_images = num_placeholders // per_image
         pixel_values = image_inputs.get("pixel_values")

@@ -81,6 +81,7 @@ class Sizes:
     temporal_patch: int  # Qwen: frames per patch (an image is repeated to fill them)
     window_size: int  # Qwen2.5-VL: window-attention windows, in px
     grid_pinpoints: tuple[tuple[int, int], ...] = ()  # LLaVA-NeXT and OneVision: anyres grids, as (height, width)
+    rope_theta: float = 10000.0  # Qwen: the decoder's rotary base (see `_qwen`)
 
     @property
     def patches_per_side(self) -> int:
@@ -240,8 +241,12 @@ def _qwen(s: Sizes, ids: Mapping[str, int], vocab_size: int, vision: dict, *,
           text_extra: Mapping[str, Any] | None = None, rope_extra: Mapping[str, Any] | None = None) -> dict:
     """What the Qwen-VL families share: M-RoPE in the decoder, the vision tower's patching, the vision tokens' ids."""
     # The temporal / height / width sections of the rotary half-dimension, in the released models' 2:3:3 proportion.
+    # Without interleaving (Qwen2-VL, Qwen2.5-VL) the width section holds the lowest frequencies: with a small head
+    # and the base 1e4, a row of six tokens turns them by under 0.02 rad, and a decoder cannot tell the columns apart
+    # (a model that must say where something is then never learns it). A small model takes a small base.
     half = s.text.head_dim // 2
-    rope = dict(rope_type="default", rope_theta=10000.0, mrope_section=[half // 4, 3 * half // 8, 3 * half // 8])
+    rope = dict(rope_type="default", rope_theta=s.rope_theta,
+                mrope_section=[half // 4, 3 * half // 8, 3 * half // 8])
     return dict(
         vision_config=dict(vision, patch_size=s.patch, temporal_patch_size=s.temporal_patch,
                            spatial_merge_size=s.spatial_merge, in_channels=3),

@@ -10,7 +10,7 @@
 from . import rvtc, training
 from .api import compress, disabled, get_config, is_compressed, last_stats, unpatch
 from .checkpoint import mark_only_vtc_trainable
-from .config import LVTCConfig, PVTCConfig, RVTCConfig, VTCConfig
+from .config import LVTCConfig, PruneConfig, PVTCConfig, RVTCConfig, VTCConfig
 from .errors import (
     ConfigError,
     DataError,
@@ -37,6 +37,7 @@ __all__ = [
     "PVTCConfig",
     "PVTCProjector",
     "PlaceholderMismatchError",
+    "PruneConfig",
     "RVTCConfig",
     "UnsupportedModelError",
     "UnsupportedVersionError",

@@ -48,6 +48,11 @@ class ForwardRecord:
     # began, so that a compressor can build its structure on the host without waiting for the device mid-forward.
     attention_mask: torch.Tensor | None = None
     host_attention_mask: torch.Tensor | None = None
+    # Pruning's selection methods: per sample, per image (tile where the model sees tiles), the indices into its
+    # native tokens that reached the language model (inside the decoder: that its pruned layers kept, per stage for
+    # PyramidDrop); `None` when no selection ran.
+    kept: list[list[Any]] | None = None
+    llm_prune_plan: Any = None  # pruning's plan of this prefill inside the decoder (`vtc._llm_prune_plan.PrunePlan`)
 
 
 @dataclass
@@ -63,6 +68,11 @@ class CallState:
     # Inside the model's `get_video_features`: a `get_image_features` call made from there (some models encode the
     # frames that way) is for video frames, which vtc passes through uncompressed and never lays out as images.
     video_features: bool = False
+    # Pruning: while its `get_image_features` runs, what its hooks copy out of the tower (else `None`); afterwards the
+    # kept indices of every item of the image features it returned last, in batch order (`None` for no selection).
+    prune_capture: dict[str, torch.Tensor] | None = None
+    pruned: list[torch.Tensor] | None = None
+    llm_prune: Any = None  # pruning's state inside the decoder for the forward in progress (`PruneStep`)
 
 
 @dataclass(eq=False)
@@ -104,7 +114,15 @@ class VTCState:
             "sequence_length": record.sequence_length,
             "visual_layout": record.visual_layout,
             "decode_steps": int(record.decode_steps),
+            "kept": _as_lists(record.kept),
         }
+
+
+def _as_lists(value: Any) -> Any:
+    """Nested lists of tensors as nested lists of numbers (`None` stays `None`)."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return None if value is None else [_as_lists(v) for v in value]
 
 
 def call_arguments(function: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -170,6 +188,22 @@ def _visual_layout(adapter: Any, input_ids: torch.Tensor, image_inputs: dict[str
         raise
 
 
+def _kept_per_sample(items: list[torch.Tensor] | None, layout: BatchLayout | None) -> list[list[torch.Tensor]] | None:
+    """The kept indices of every item (in batch order) grouped by sample: one span per item in the layout. A batch
+    that `generate` expanded (every row repeated) lays out each original row's items once per copy."""
+    if items is None or layout is None:
+        return None
+    counts = [len(spans) for spans in layout]
+    if not items or sum(counts) % len(items):
+        return None
+    copies, grouped, start = sum(counts) // len(items), [], 0
+    for row in range(0, len(layout), copies):
+        sample = list(items[start:start + counts[row]])
+        start += counts[row]
+        grouped += [sample] * copies
+    return grouped
+
+
 @torch.compiler.disable
 def _record_prefill(state, bound, image_inputs) -> ForwardRecord:
     """The record of a prefill, and the structures compressors build from it: all host work, done once when the
@@ -199,6 +233,9 @@ def _record_prefill(state, bound, image_inputs) -> ForwardRecord:
             builder = getattr(state, "lvtc_prefill_structure", None)
             if builder is not None:
                 record.lvtc_structure = builder(record, input_ids.shape[1], mask, device)
+            planner = getattr(state, "llm_prune_plan", None)
+            if planner is not None:
+                record.llm_prune_plan = planner(record, image_inputs, device)
     return record
 
 
@@ -231,6 +268,8 @@ class _Instrumentation:
         # Anything else ends them (written, not read, here: under torch.compile a read would be guarded on, and a
         # decode step that meets them left over from its prefill would compile apart from the steps after it).
         keeps_pending = bound.get("mm_encoder_outputs") is not None
+        if not keeps_pending:  # the features of another forward, or none: their kept indices are not this one's
+            call.pruned = None
         if not _cache_is_empty(cache_argument(bound)):
             if not keeps_pending:
                 call.pending_image_inputs = None
@@ -254,8 +293,10 @@ class _Instrumentation:
         call = self.state.call
         call.in_forward = False
         if call.recording is not None:
+            if call.recording.kept is None:  # pruning inside the decoder records its own
+                call.recording.kept = _kept_per_sample(call.pruned, call.recording.visual_layout)
             call.recording.attention_mask = call.recording.host_attention_mask = None
-            call.recording.lvtc_structure = None
+            call.recording.lvtc_structure = call.recording.llm_prune_plan = None
             call.last, call.recording = call.recording, None
 
 

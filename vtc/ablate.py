@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from torch import nn
 
 from .api import compress, unpatch
 from .bench import AblationRow
-from .config import LVTCConfig, PVTCConfig, RVTCConfig, VTCConfig
+from .config import LVTCConfig, PruneConfig, PVTCConfig, RVTCConfig, VTCConfig
 from .errors import ConfigError, VTCError
 from .evaluate import evaluate
 from .tasks import Sample
@@ -38,15 +39,19 @@ from .training.trained import TrainedRun
 if TYPE_CHECKING:
     from .plots import ParetoPoint
 
-__all__ = ["AblationRow", "ConfigResult", "RunLoadError", "TrainedRun", "add_latency", "components", "config_label",
-           "default_grid", "evaluate_grid", "evaluate_trained", "evaluate_trained_runs", "format_table",
+__all__ = ["AblationRow", "ConfigResult", "RunLoadError", "TrainedRun", "add_latency", "budget_grid", "components",
+           "config_label", "default_grid", "evaluate_grid", "evaluate_trained", "evaluate_trained_runs", "format_table",
            "join_trained", "legend", "pareto_points", "trained_row_name", "write_pareto", "write_rows"]
 
 #: A table row: the same class as `AblationRow`, under a second name.
 ConfigResult = AblationRow
 
 BASELINE = "baseline"
-COMPONENTS = ("pvtc", "lvtc", "rvtc")
+COMPONENTS = ("pvtc", "lvtc", "rvtc", "prune")
+#: The training-free baselines of the grids, in the order their rows appear (`vtc.PruneConfig.METHODS`).
+BASELINES = ("pool", "random", "divprune", "visionzip", "downsample", "fastv", "pdrop", "dart")
+#: The visual tokens the default grid's baselines keep: as many as PVTC r4 and LVTC r4 leave.
+DEFAULT_KEEP = 0.25
 #: Where no latency is measured, the legend says why.
 NO_LATENCY = ("latency of models this small measures Python overhead, not compute: measure it on a real checkpoint "
               "with --model")
@@ -68,22 +73,60 @@ def default_grid() -> dict[str, VTCConfig]:
     # resolution has no tiles to choose: its rows are skipped, with the reason.
     grid.update({f"rvtc-{mode}": VTCConfig(rvtc=RVTCConfig(mode=mode)) for mode in ("edge", "area")})
     grid["pvtc-r4+lvtc-r4"] = VTCConfig(pvtc=PVTCConfig(ratio=4), lvtc=lvtc(4))
+    # The baselines at PVTC r4's token count; a family a method does not apply to skips its row, with the reason.
+    grid.update({_name(config): config for config in _baselines(DEFAULT_KEEP)})
+    return grid
+
+
+def _baselines(keep: int | float) -> list[VTCConfig]:
+    return [VTCConfig(prune=PruneConfig(method=method, keep=keep)) for method in BASELINES]
+
+
+def _keep_label(keep: int | float) -> str:
+    """`keep` as a row name spells it: an int as is, a fraction to two significant decimals (`0.25`, `0.33`)."""
+    return str(keep) if isinstance(keep, int) else f"{keep:.2g}"
+
+
+def budget_grid(budgets: Sequence[int | float], native_tokens: int) -> dict[str, VTCConfig]:
+    """The grid of `vtc ablate --budgets`: the baseline, then per budget every method at that many visual tokens per
+    image, so that equal-token rows sit together.
+
+    A budget is visual tokens per image (an int) or a fraction of the `native_tokens` an image makes (a float in
+    (0, 1)). At each budget: PVTC at the square ratio that leaves exactly that many tokens, where one exists (64 of 576
+    is r9; 192 of 576 has none), LVTC at the integer ratio that pools to it (from layer 1 to the last, `delta`), and
+    every baseline (`BASELINES`) with `keep` the budget.
+
+    Raises:
+        ConfigError: a budget that is neither an int in `1..native_tokens` nor a fraction in (0, 1).
+    """
+    grid = {BASELINE: VTCConfig()}
+    for budget in budgets:
+        keep = PruneConfig(method="pool", keep=budget).keep  # the same validation as the baselines' own
+        if isinstance(keep, int) and keep > native_tokens:
+            raise ConfigError("budgets", budget, f"at most the {native_tokens} visual tokens an image makes")
+        count = PruneConfig(keep=keep).kept_count(native_tokens)
+        ratio = native_tokens / count
+        rows = []
+        if ratio.is_integer() and ratio > 1:
+            if math.isqrt(int(ratio)) ** 2 == int(ratio):
+                rows.append(VTCConfig(pvtc=PVTCConfig(ratio=int(ratio))))
+            rows.append(VTCConfig(lvtc=LVTCConfig(compress_layer=1, restore_layer=-1, ratio=int(ratio))))
+        for config in rows + _baselines(keep):
+            grid[_name(config)] = config
     return grid
 
 
 def components(config: VTCConfig | Mapping[str, Any]) -> tuple[str, ...]:
-    """The components `config` (or its `to_dict()`) enables, e.g. `("pvtc", "lvtc")`; empty for the uncompressed
-    model."""
-    if isinstance(config, Mapping):
-        return tuple(name for name in COMPONENTS if config.get(name) is not None)
-    return tuple(name for name in COMPONENTS if getattr(config, name) is not None)
+    """The components `config` (or its `to_dict()`) enables, e.g. `("pvtc", "lvtc")`, a pruning baseline named by its
+    method (`("divprune",)`); empty for the uncompressed model."""
+    if not isinstance(config, Mapping):
+        config = config.to_dict()
+    return tuple(config[name]["method"] if name == "prune" else name
+                 for name in COMPONENTS if config.get(name) is not None)
 
 
-def config_label(config: VTCConfig) -> str:
-    """A row name for a configuration outside the grid, from its main settings, e.g. `pvtc-r9+lvtc-r4-add` or
-    `pvtc-r4-paper` (a PVTC init other than the default). Where
-    that spells a grid row's name (the same main settings, others different), `-custom` is added: a row name of the
-    grid always means exactly that row's configuration."""
+def _name(config: VTCConfig) -> str:
+    """A configuration's row name from its main settings (`config_label` without the clash check)."""
     parts = []
     if config.pvtc is not None:
         default_init = type(config.pvtc)().init
@@ -92,7 +135,19 @@ def config_label(config: VTCConfig) -> str:
         parts.append(f"lvtc-r{config.lvtc.ratio}-{config.lvtc.restore}")
     if config.rvtc is not None:
         parts.append(f"rvtc-{config.rvtc.mode}")
-    name = "+".join(parts) or BASELINE
+    if config.prune is not None:
+        layer = config.prune.layer  # None: the method's default layers; PyramidDrop's stages joined by dots
+        layers = "" if layer is None else "-L" + ".".join(map(str, layer if isinstance(layer, tuple) else (layer,)))
+        parts.append(f"{config.prune.method}-{_keep_label(config.prune.keep)}{layers}")
+    return "+".join(parts) or BASELINE
+
+
+def config_label(config: VTCConfig) -> str:
+    """A row name for a configuration outside the grid, from its main settings, e.g. `pvtc-r9+lvtc-r4-add`,
+    `pvtc-r4-paper` (a PVTC init other than the default) or `divprune-0.25` (a baseline and its `keep`). Where that
+    spells a grid row's name (the same main settings, others different), `-custom` is added: a row name of the grid
+    always means exactly that row's configuration."""
+    name = _name(config)
     grid = default_grid()
     return f"{name}-custom" if name in grid and grid[name] != config else name
 

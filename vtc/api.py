@@ -38,16 +38,18 @@ PROCESSOR_MARK = "_vtc_patched_by"
 def _installers(config: VTCConfig):
     """The install function of every enabled component, in the order they must be applied.
 
-    RVTC first (it decides how many tiles an image gets), then PVTC (how many tokens each tile becomes), then LVTC
-    (what the decoder does with them). Each installer validates against the model before it changes anything and
-    records every change in `state.ledger`.
+    RVTC first (it decides how many tiles an image gets), then PVTC or pruning (how many tokens each tile becomes),
+    then LVTC (what the decoder does with them). Each installer validates against the model before it changes
+    anything and records every change in `state.ledger`.
     """
-    from . import _install_pvtc, lvtc, rvtc
+    from . import _install_prune, _install_pvtc, lvtc, rvtc
 
     if config.rvtc is not None:
         yield rvtc.install
     if config.pvtc is not None:
         yield _install_pvtc.install
+    if config.prune is not None:
+        yield _install_prune.install
     if config.lvtc is not None:
         yield lvtc.install
 
@@ -75,7 +77,8 @@ def compress(model: nn.Module, config: VTCConfig, processor: Any = None) -> nn.M
         model: a loaded `...ForConditionalGeneration` of a supported family (`vtc.supported_models()`).
         config: which components to apply; a component set to `None` is off.
         processor: the model's processor. Required whenever a component changes the number of visual tokens the
-            model produces (PVTC, RVTC): the processor is patched to emit the matching number of placeholders.
+            model produces (PVTC, RVTC, pruning): the processor is patched to emit the matching number of
+            placeholders.
 
     Under PVTC the model's own projector, which the compressed model no longer runs, is frozen (`requires_grad`
     False) until `unpatch`, so that a plain `DistributedDataParallel` over every trainable parameter trains.
@@ -96,7 +99,9 @@ def compress(model: nn.Module, config: VTCConfig, processor: Any = None) -> nn.M
     adapter = get_adapter(model)  # raises before anything is touched
     if is_compressed(model):
         unpatch(model)
-    patches_processor = processor is not None and (config.pvtc is not None or config.rvtc is not None)
+    prunes_tokens = config.prune is not None and not config.prune.in_llm  # inside the decoder: no placeholder change
+    changes_counts = config.pvtc is not None or config.rvtc is not None or prunes_tokens
+    patches_processor = processor is not None and changes_counts
     if patches_processor and hasattr(processor, PROCESSOR_MARK):
         raise ConfigError(
             "processor", type(processor).__name__, "a processor no other compressed model has patched",
@@ -195,6 +200,11 @@ def last_stats(model: nn.Module) -> dict[str, Any]:
         `visual_tokens`: per sample, the visual tokens at the language model's input;
         `layer_seq_lens`: per decoder layer, the sequence length it processed;
         `sequence_length`: the prompt length; `visual_layout`: the per-sample visual layout (or `None` when the
-        forward had no image inputs); `decode_steps`: cached decode steps since the prefill.
+        forward had no image inputs); `decode_steps`: cached decode steps since the prefill; `kept`: under a
+        pruning method that selects tokens (`random`, `divprune`, `visionzip`), per sample, per image (per tile
+        where the model sees tiles), the indices into its native visual tokens (row-major) that reached the
+        language model, in placeholder order (VisionZip's contextual tokens by the token each is built on); under
+        a method inside the decoder (`fastv`, `dart`, `pdrop`), those its pruned layers kept (a list per stage for
+        `pdrop`), in order; else `None`.
     """
     return _require_state(model).stats()

@@ -67,7 +67,10 @@ def mark_only_vtc_trainable(model: nn.Module) -> list[str]:
             trainable.append(name)
     if not trainable:
         raise ConfigError("model", type(model).__name__, "a model compressed with a trainable component (e.g. PVTC)",
-                          hint="Call vtc.compress(model, config) first; with every component off nothing trains.")
+                          hint="Call vtc.compress(model, config) with a component that adds tensors first (PVTC, "
+                               "or LVTC restore='add'); no component, a pruning baseline or LVTC's delta or "
+                               "upsample restore add none: train the language model itself (the full or lora "
+                               "stage).")
     return trainable
 
 

@@ -1,4 +1,4 @@
-"""Typed, validated configurations of the three compressors and of their composition.
+"""Typed, validated configurations of the compressors, the pruning baselines and their composition.
 
 Every config is a frozen dataclass: build it with keywords, derive ablations with `dataclasses.replace` (which runs the
 same validation again), and store it as JSON. Invalid values raise `ConfigError` naming the field, the value and what
@@ -7,115 +7,24 @@ is allowed. Checks that need the model (layer count, LLM width, native tile size
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, TypeVar
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, ClassVar
 
+from ._config_base import ConfigIO, check_choice, check_float, check_int, set_normalised
 from .errors import ConfigError
 
-__all__ = ["LVTCConfig", "PVTCConfig", "RVTCConfig", "VTCConfig"]
-
-_C = TypeVar("_C", bound="_ConfigIO")
-
-
-# ---- value checks shared by the configs ----------------------------------------------------------------------------
-
-def _int(name: str, value: Any, allowed: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    # bool is a subclass of int, so `ratio=True` would otherwise pass as 1; numpy integers are accepted and stored as a
-    # plain int so that the config stays JSON-serialisable.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(name, value, allowed)
-    if minimum is not None and value < minimum:
-        raise ConfigError(name, value, allowed)
-    if maximum is not None and value > maximum:
-        raise ConfigError(name, value, allowed)
-    return int(value)
-
-
-def _float(name: str, value: Any, allowed: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(name, value, allowed)
-    try:
-        number = float(value)
-    except OverflowError:  # an int or Fraction beyond the float range, e.g. 10**400
-        raise ConfigError(name, value, allowed) from None
-    if not math.isfinite(number):
-        raise ConfigError(name, value, allowed)
-    return number
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(name, value, "one of " + ", ".join(repr(c) for c in choices))
-    return value
-
-
-def _set(obj: Any, name: str, value: Any) -> None:
-    # Normalised values (numpy int -> int, 4 -> 4.0) are written back through object.__setattr__ because the dataclass
-    # is frozen; this keeps equality and JSON output independent of how the caller spelled the number.
-    object.__setattr__(obj, name, value)
-
-
-# ---- dict / JSON IO ----------------------------------------------------------------------------------------------
-
-class _ConfigIO:
-    """`to_dict` / `from_dict` / `to_json` / `from_json` for the flat configs (every field a JSON scalar)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the config as a plain dict of JSON-able values (field name -> value)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def _check_keys(cls, d: Any) -> Mapping[str, Any]:
-        if not isinstance(d, Mapping):
-            raise ConfigError(cls.__name__, d, "a dict of field values")
-        valid = [f.name for f in fields(cls)]
-        unknown = [k for k in d if k not in valid]
-        if unknown:
-            # Silently dropping a misspelt key would run a different ablation than the one asked for.
-            hint = f"Unknown keys: {', '.join(map(repr, unknown))}." if len(unknown) > 1 else None
-            raise ConfigError(str(unknown[0]), d[unknown[0]], f"a {cls.__name__} key, one of {', '.join(valid)}",
-                              hint=hint)
-        return d
-
-    @classmethod
-    def from_dict(cls: type[_C], d: Mapping[str, Any]) -> _C:
-        """Builds the config from a dict as written by `to_dict`; missing keys take their defaults.
-
-        Args:
-            d: mapping of field name to value.
-
-        Raises:
-            ConfigError: on a key that is not a field, or on an invalid value.
-        """
-        return cls(**cls._check_keys(d))
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """Returns the config as a JSON string.
-
-        Args:
-            indent: passed to `json.dumps`; `None` gives one line.
-        """
-        return json.dumps(self.to_dict(), indent=indent)
-
-    @classmethod
-    def from_json(cls: type[_C], s: str) -> _C:
-        """Builds the config from a JSON string as written by `to_json`.
-
-        Args:
-            s: the JSON text of one object.
-        """
-        return cls.from_dict(json.loads(s))
+__all__ = ["LVTCConfig", "PVTCConfig", "PruneConfig", "RVTCConfig", "VTCConfig"]
 
 
 # ---- the components ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class PVTCConfig(_ConfigIO):
+class PVTCConfig(ConfigIO):
     """Projector-level compression: point-to-region cross-attention replaces the model's projector.
 
     Args:
@@ -157,24 +66,24 @@ class PVTCConfig(_ConfigIO):
 
     def __post_init__(self):
         square = f"a perfect square >= 1 and <= {self.MAX_RATIO} (1, 4, 9, 16, ...)"
-        ratio = _int("ratio", self.ratio, square, minimum=1, maximum=self.MAX_RATIO)
+        ratio = check_int("ratio", self.ratio, square, minimum=1, maximum=self.MAX_RATIO)
         if math.isqrt(ratio) ** 2 != ratio:
             raise ConfigError("ratio", self.ratio, square, hint=f"The nearest squares are "
                               f"{math.isqrt(ratio) ** 2} and {(math.isqrt(ratio) + 1) ** 2}.")
-        _set(self, "ratio", ratio)
-        _set(self, "num_heads", _int("num_heads", self.num_heads, f"an int in 1..{self.MAX_HEADS}", minimum=1,
+        set_normalised(self, "ratio", ratio)
+        set_normalised(self, "num_heads", check_int("num_heads", self.num_heads, f"an int in 1..{self.MAX_HEADS}", minimum=1,
                                      maximum=self.MAX_HEADS))
         bounded = f"a finite number > 0 and <= {self.MAX_MLP_RATIO:g}"
-        mlp_ratio = _float("mlp_ratio", self.mlp_ratio, bounded)
+        mlp_ratio = check_float("mlp_ratio", self.mlp_ratio, bounded)
         if not 0.0 < mlp_ratio <= self.MAX_MLP_RATIO:
             raise ConfigError("mlp_ratio", self.mlp_ratio, bounded)
-        _set(self, "mlp_ratio", mlp_ratio)
-        drop_path = _float("drop_path", self.drop_path, "a number with 0 <= p < 1")
+        set_normalised(self, "mlp_ratio", mlp_ratio)
+        drop_path = check_float("drop_path", self.drop_path, "a number with 0 <= p < 1")
         if not 0.0 <= drop_path < 1.0:
             raise ConfigError("drop_path", self.drop_path, "a number with 0 <= p < 1")
-        _set(self, "drop_path", drop_path)
-        _choice("global_query", self.global_query, self.GLOBAL_QUERIES)
-        _choice("init", self.init, self.INITS)
+        set_normalised(self, "drop_path", drop_path)
+        check_choice("global_query", self.global_query, self.GLOBAL_QUERIES)
+        check_choice("init", self.init, self.INITS)
 
     @property
     def window(self) -> int:
@@ -183,7 +92,7 @@ class PVTCConfig(_ConfigIO):
 
 
 @dataclass(frozen=True)
-class LVTCConfig(_ConfigIO):
+class LVTCConfig(ConfigIO):
     """LLM-level compression: pool the visual states at layer K, run layers K..L-1 short, restore after layer L-1.
 
     Args:
@@ -220,13 +129,13 @@ class LVTCConfig(_ConfigIO):
     POSITIONS: ClassVar[tuple[str, ...]] = ("mean", "first")
 
     def __post_init__(self):
-        k = _int("compress_layer", self.compress_layer, "an int (negative counts from the end), not 0")
+        k = check_int("compress_layer", self.compress_layer, "an int (negative counts from the end), not 0")
         if k == 0:
             raise ConfigError("compress_layer", self.compress_layer, "a layer index other than 0",
                               hint="Layer 0's KV cache must stay full length: use compress_layer >= 1.")
-        _set(self, "compress_layer", k)
+        set_normalised(self, "compress_layer", k)
         if self.restore_layer is not None:
-            layer = _int("restore_layer", self.restore_layer, "an int (negative counts from the end) or None")
+            layer = check_int("restore_layer", self.restore_layer, "an int (negative counts from the end) or None")
             # L=0 can never lie after K >= 1, whatever the layer count.
             if layer == 0:
                 raise ConfigError("restore_layer", self.restore_layer, "a layer index after compress_layer, or None")
@@ -234,12 +143,12 @@ class LVTCConfig(_ConfigIO):
             if (k > 0) == (layer > 0) and layer <= k:
                 raise ConfigError("restore_layer", self.restore_layer,
                                   f"a layer index after compress_layer={k}, or None")
-            _set(self, "restore_layer", layer)
-        _set(self, "ratio", _int("ratio", self.ratio, f"an int in 1..{self.MAX_RATIO}", minimum=1,
+            set_normalised(self, "restore_layer", layer)
+        set_normalised(self, "ratio", check_int("ratio", self.ratio, f"an int in 1..{self.MAX_RATIO}", minimum=1,
                                  maximum=self.MAX_RATIO))
-        _choice("restore", self.restore, self.RESTORES)
-        _choice("upsample", self.upsample, self.UPSAMPLES)
-        _choice("position", self.position, self.POSITIONS)
+        check_choice("restore", self.restore, self.RESTORES)
+        check_choice("upsample", self.upsample, self.UPSAMPLES)
+        check_choice("position", self.position, self.POSITIONS)
 
     def resolve_layers(self, num_layers: int) -> tuple[int, int | None]:
         """Normalises K and L for a decoder with `num_layers` layers.
@@ -253,7 +162,7 @@ class LVTCConfig(_ConfigIO):
         Raises:
             ConfigError: when an index falls outside the model.
         """
-        n = _int("num_layers", num_layers, "an int >= 2 (LVTC needs a layer before and at K)", minimum=2)
+        n = check_int("num_layers", num_layers, "an int >= 2 (LVTC needs a layer before and at K)", minimum=2)
         k = self.compress_layer + n if self.compress_layer < 0 else self.compress_layer
         if not 1 <= k < n:
             raise ConfigError("compress_layer", self.compress_layer,
@@ -271,7 +180,7 @@ class LVTCConfig(_ConfigIO):
 
 
 @dataclass(frozen=True)
-class RVTCConfig(_ConfigIO):
+class RVTCConfig(ConfigIO):
     """Resolution-adaptive tiling: how many high-resolution tiles an image gets.
 
     Args:
@@ -303,19 +212,19 @@ class RVTCConfig(_ConfigIO):
     MODES: ClassVar[tuple[str, ...]] = ("edge", "area", "budget")
 
     def __post_init__(self):
-        _choice("mode", self.mode, self.MODES)
-        min_tiles = _int("min_tiles", self.min_tiles, f"an int in 1..{self.MAX_TILES}", minimum=1,
+        check_choice("mode", self.mode, self.MODES)
+        min_tiles = check_int("min_tiles", self.min_tiles, f"an int in 1..{self.MAX_TILES}", minimum=1,
                          maximum=self.MAX_TILES)
-        _set(self, "min_tiles", min_tiles)
-        _set(self, "max_tiles", _int("max_tiles", self.max_tiles, f"an int in min_tiles={min_tiles}..{self.MAX_TILES}",
+        set_normalised(self, "min_tiles", min_tiles)
+        set_normalised(self, "max_tiles", check_int("max_tiles", self.max_tiles, f"an int in min_tiles={min_tiles}..{self.MAX_TILES}",
                                      minimum=min_tiles, maximum=self.MAX_TILES))
         if self.tile_size is not None:
-            _set(self, "tile_size", _int("tile_size", self.tile_size, f"an int in 1..{self.MAX_TILE_SIZE} or None",
+            set_normalised(self, "tile_size", check_int("tile_size", self.tile_size, f"an int in 1..{self.MAX_TILE_SIZE} or None",
                                          minimum=1, maximum=self.MAX_TILE_SIZE))
         if not isinstance(self.use_thumbnail, bool):
             raise ConfigError("use_thumbnail", self.use_thumbnail, "True or False")
         if self.mode == "budget":
-            _set(self, "max_visual_tokens", _int("max_visual_tokens", self.max_visual_tokens,
+            set_normalised(self, "max_visual_tokens", check_int("max_visual_tokens", self.max_visual_tokens,
                                                  f"an int in 1..{self.MAX_VISUAL_TOKENS} with mode='budget'",
                                                  minimum=1, maximum=self.MAX_VISUAL_TOKENS))
         elif self.max_visual_tokens is not None:
@@ -324,24 +233,174 @@ class RVTCConfig(_ConfigIO):
                               hint="Set mode='budget' to enforce a token budget.")
 
 
+@dataclass(frozen=True)
+class PruneConfig(ConfigIO):
+    """Training-free reduction of the visual tokens, before the language model or inside its decoder: the baselines
+    compressors are compared with (`docs/prune.md` gives each method's rule and source).
+
+    Args:
+        method: before the language model: `"downsample"` (the image goes in with fewer tiles, so the model natively
+            makes about `keep` tokens), `"pool"` (2-D average pooling of the projector's output grid to about `keep`
+            tokens), `"random"` (`keep` tokens drawn uniformly, seeded), `"divprune"` (greedy max-min diversity of
+            the projector's outputs) or `"visionzip"` (the tokens the [CLS] token attends to most, plus a few merged
+            contextual tokens); inside the decoder (`IN_LLM_METHODS`): `"fastv"` (from decoder layer `layer` on, the
+            tokens the last prompt token attended to most in the layer before), `"dart"` (from decoder layer
+            `layer` on, the tokens least similar to a few pivot tokens) or `"pdrop"` (PyramidDrop: fewer tokens at
+            each of the decoder layers `layer`, ranked by the last prompt token's attention).
+        keep: the visual tokens of one image (of one tile on a family whose model sees tiles, not images, except
+            with `downsample`, which acts per image): an int `>= 1`, at most the native count (checked when the
+            model is known; an image with fewer native tokens keeps them all inside the decoder), or a float
+            `0 < keep < 1`, that fraction of the native tokens, rounded up. Before the language model it is the count
+            at its input; for `fastv` and `dart` the count from decoder layer `layer` on; for `pdrop` the average
+            over all decoder layers, for which vtc solves the keep ratio of the stages.
+        seed: the seed of `method="random"`'s draw, `0 <= seed < 2**63`; only allowed with that method.
+        layer: only for the in-decoder methods, `None` elsewhere. `fastv` and `dart`: K, the first decoder layer
+            that runs without the dropped tokens (an int, negative counts from the end, never 0; `None` is the
+            official K = 2). `pdrop`: the first layer of each stage, increasing (a sequence of such ints, or one
+            int for one stage; `None` is the official quarters of the decoder: 8, 16 and 24 of 32 layers). Checked
+            against the model's decoder when the config is applied.
+    """
+
+    METHODS: ClassVar[tuple[str, ...]] = ("downsample", "pool", "random", "divprune", "visionzip", "fastv", "pdrop",
+                                          "dart")
+    #: The methods that act inside the decoder (the sequence shortens from a decoder layer on; the processor and the
+    #: language model's input are unchanged).
+    IN_LLM_METHODS: ClassVar[tuple[str, ...]] = ("fastv", "pdrop", "dart")
+    #: FastV's and DART's K when `layer` is None: both official codes prune at the input of decoder layer 2.
+    DEFAULT_LAYER: ClassVar[int] = 2
+    # Far above the visual tokens of any supported image (a few thousand): a larger int is a typo.
+    MAX_KEEP: ClassVar[int] = 1 << 20
+
+    method: str = field(default="divprune", metadata={"help": "Reduction rule: downsample, pool, random, divprune, "
+                                                              "visionzip (before the language model), fastv, pdrop "
+                                                              "or dart (inside its decoder)."})
+    keep: int | float = field(default=0.25, metadata={"help": "Visual tokens per image (per tile where the model sees "
+                                                              "tiles): an int up to the native count, or a fraction "
+                                                              "0 < f < 1 of the native tokens, rounded up; pdrop: "
+                                                              "the average over the decoder layers."})
+    seed: int = field(default=0, metadata={"help": "Seed of method=random, 0 <= seed < 2**63."})
+    layer: int | tuple[int, ...] | None = field(
+        default=None, metadata={"help": "fastv, dart: K, the first decoder layer without the dropped tokens (None: "
+                                        "2); pdrop: each stage's first layer, increasing (None: the quarters of "
+                                        "the decoder). Negative counts from the end; never 0."})
+
+    def __post_init__(self):
+        check_choice("method", self.method, self.METHODS)
+        allowed = f"an int in 1..{self.MAX_KEEP} or a float with 0 < keep < 1"
+        if isinstance(self.keep, numbers.Integral) and not isinstance(self.keep, bool):
+            set_normalised(self, "keep", check_int("keep", self.keep, allowed, minimum=1, maximum=self.MAX_KEEP))
+        else:
+            keep = check_float("keep", self.keep, allowed)
+            if not 0.0 < keep < 1.0:
+                hint = "Give a whole number of tokens as an int." if keep >= 1.0 and keep.is_integer() else None
+                raise ConfigError("keep", self.keep, allowed, hint=hint)
+            set_normalised(self, "keep", keep)
+        seed = check_int("seed", self.seed, "an int with 0 <= seed < 2**63", minimum=0, maximum=2**63 - 1)
+        if seed and self.method != "random":
+            # Accepting it would let a user believe the selection varies with the seed.
+            raise ConfigError("seed", self.seed, f"0 with method={self.method!r}",
+                              hint="Only method='random' draws tokens.")
+        set_normalised(self, "seed", seed)
+        set_normalised(self, "layer", self._checked_layer())
+
+    def _checked_layer(self) -> int | tuple[int, ...] | None:
+        if self.layer is None:
+            return None
+        if not self.in_llm:
+            # Accepting it would let a user believe the tokens are dropped inside the decoder.
+            raise ConfigError("layer", self.layer, f"None with method={self.method!r}",
+                              hint=f"Only the in-decoder methods {', '.join(self.IN_LLM_METHODS)} act at a decoder "
+                                   "layer; the others act before the language model.")
+        index = "an int (negative counts from the end), not 0 (a sequence of stages only with method='pdrop')"
+        if self.method != "pdrop":
+            return self._layer_index(self.layer, index)
+        stages = "an int or a non-empty sequence of ints (negative counts from the end), none 0, increasing"
+        if isinstance(self.layer, numbers.Integral) and not isinstance(self.layer, bool):
+            return (self._layer_index(self.layer, stages),)
+        if isinstance(self.layer, (str, bytes, Mapping)) or not isinstance(self.layer, (list, tuple)) or not self.layer:
+            raise ConfigError("layer", self.layer, stages)
+        layers = tuple(self._layer_index(value, stages) for value in self.layer)
+        # Mixed signs can only be compared once the layer count is known (`resolve_stage_layers`).
+        if any((a > 0) == (b > 0) and b <= a for a, b in zip(layers, layers[1:])):
+            raise ConfigError("layer", self.layer, stages)
+        return layers
+
+    def _layer_index(self, value: Any, allowed: str) -> int:
+        layer = check_int("layer", value, allowed)
+        if layer == 0:
+            raise ConfigError("layer", self.layer, allowed,
+                              hint="Layer 0 runs on every token: its KV cache must stay full length, and the rules "
+                                   "rank the tokens with what the layers before the pruned one computed.")
+        return layer
+
+    @property
+    def in_llm(self) -> bool:
+        """Whether the method acts inside the decoder (`IN_LLM_METHODS`)."""
+        return self.method in self.IN_LLM_METHODS
+
+    def resolve_stage_layers(self, num_layers: int) -> tuple[int, ...]:
+        """The first decoder layer of each pruning stage (one for `fastv` and `dart`), normalised for a decoder with
+        `num_layers` layers: increasing, each in `1..num_layers - 1`.
+
+        Raises:
+            ConfigError: for a method that acts before the language model, or an index outside the decoder.
+        """
+        if not self.in_llm:
+            raise ConfigError("method", self.method, "one of " + ", ".join(map(repr, self.IN_LLM_METHODS)),
+                              hint="Only the in-decoder methods have stages.")
+        n = check_int("num_layers", num_layers, "an int >= 2 (a layer before the pruned one and the pruned one)",
+                 minimum=2)
+        if self.layer is None:
+            layers = ((n // 4, n // 2, 3 * n // 4) if self.method == "pdrop" else (self.DEFAULT_LAYER,))
+            layers = tuple(sorted({max(1, min(layer, n - 1)) for layer in layers}))
+        else:
+            given = self.layer if isinstance(self.layer, tuple) else (self.layer,)
+            layers = tuple(layer + n if layer < 0 else layer for layer in given)
+        allowed = f"an index in 1..{n - 1} or {1 - n}..-1 for a model with {n} decoder layers"
+        if not all(1 <= layer < n for layer in layers):
+            raise ConfigError("layer", self.layer, allowed + ("" if len(layers) == 1 else ", increasing"))
+        if any(b <= a for a, b in zip(layers, layers[1:])):
+            raise ConfigError("layer", self.layer, allowed + ", increasing",
+                              hint=f"They resolve to {list(layers)} for this model.")
+        return layers
+
+    def kept_count(self, native: int) -> int:
+        """The tokens an item with `native` visual tokens keeps: `keep`, or `ceil(keep * native)` for a fraction.
+
+        The count function of the selection methods on both sides: the processor's placeholders and the model's
+        features come from it. (`pool` keeps the product of `vtc.prune.pool_grid` instead, about this many; inside
+        the decoder an item keeps at most its `native` tokens, and `pdrop` reads it as an average over the layers.)
+        """
+        if isinstance(self.keep, int):
+            return self.keep
+        # The fraction as written (its shortest decimal): 0.1 of 30 tokens is 3, where the binary float gives 4.
+        return max(1, math.ceil(Fraction(repr(self.keep)) * native))
+
+
 # ---- the composition ---------------------------------------------------------------------------------------------
 
-_COMPONENTS: dict[str, type[_ConfigIO]] = {"pvtc": PVTCConfig, "lvtc": LVTCConfig, "rvtc": RVTCConfig}
+_COMPONENTS: dict[str, type[ConfigIO]] = {"pvtc": PVTCConfig, "lvtc": LVTCConfig, "rvtc": RVTCConfig,
+                                           "prune": PruneConfig}
 
 
 @dataclass(frozen=True)
-class VTCConfig(_ConfigIO):
-    """The three compressors together; a component set to `None` is off.
+class VTCConfig(ConfigIO):
+    """The compressors together; a component set to `None` is off.
 
     Args:
         pvtc: projector-level compression, or `None`.
         lvtc: LLM-level compression, or `None`.
         rvtc: resolution-adaptive tiling, or `None`.
+        prune: a training-free pruning baseline, or `None`; a method before the language model not together with
+            `pvtc` (both replace the projector's output), a method inside the decoder not together with `lvtc` (both
+            shorten the decoder's sequence).
     """
 
     pvtc: PVTCConfig | None = field(default=None, metadata={"help": "Projector-level compression; None = off."})
     lvtc: LVTCConfig | None = field(default=None, metadata={"help": "LLM-level compression; None = off."})
     rvtc: RVTCConfig | None = field(default=None, metadata={"help": "Resolution-adaptive tiling; None = off."})
+    prune: PruneConfig | None = field(default=None, metadata={"help": "Training-free pruning, before the language "
+                                                                      "model or inside its decoder; None = off."})
 
     def __post_init__(self):
         for name, cls in _COMPONENTS.items():
@@ -349,14 +408,22 @@ class VTCConfig(_ConfigIO):
             if value is not None and not isinstance(value, cls):
                 raise ConfigError(name, value, f"a {cls.__name__} or None",
                                   hint="Build nested dicts with VTCConfig.from_dict.")
+        if self.pvtc is not None and self.prune is not None and not self.prune.in_llm:
+            raise ConfigError("prune", self.prune, "None together with pvtc",
+                              hint="PVTC and pruning before the language model both replace the projector's output "
+                                   "tokens: use one of them.")
+        if self.lvtc is not None and self.prune is not None and self.prune.in_llm:
+            raise ConfigError("prune", self.prune, "None together with lvtc, or a method before the language model",
+                              hint=f"LVTC and {self.prune.method} both shorten the sequence inside the decoder: use "
+                                   "one of them.")
 
     @property
     def is_identity(self) -> bool:
         """Whether every component is off, so applying the config changes nothing."""
-        return self.pvtc is None and self.lvtc is None and self.rvtc is None
+        return all(getattr(self, name) is None for name in _COMPONENTS)
 
     def to_dict(self) -> dict[str, Any]:
-        """Returns `{"pvtc": dict | None, "lvtc": dict | None, "rvtc": dict | None}`."""
+        """Returns `{"pvtc": dict | None, "lvtc": dict | None, "rvtc": dict | None, "prune": dict | None}`."""
         return {name: None if getattr(self, name) is None else getattr(self, name).to_dict() for name in _COMPONENTS}
 
     @classmethod
@@ -364,7 +431,8 @@ class VTCConfig(_ConfigIO):
         """Builds the config from nested dicts as written by `to_dict`; a missing or `None` component is off.
 
         Args:
-            d: mapping of component name (`pvtc`, `lvtc`, `rvtc`) to a dict of its fields, a component config, or `None`.
+            d: mapping of component name (`pvtc`, `lvtc`, `rvtc`, `prune`) to a dict of its fields, a component
+                config, or `None`.
 
         Raises:
             ConfigError: on an unknown key at either level, or on an invalid value.

@@ -8,6 +8,10 @@
 Generation is batched, greedy and left-padded. The costs are means over samples and do not depend on `batch_size`:
 a sample's visual tokens are its own placeholders, and its prefill FLOPs count the tokens each decoder layer
 processed for it, without the padding that batching adds.
+
+Its pieces serve callers that batch requests of their own (the lmms-eval model, `vtc.lmms`): `model_inputs` (a
+batch's processor inputs), `generate_answers` (one left-padded `generate` call) and `prefill_costs` (each sample's
+visual tokens and prefill FLOPs).
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ from tqdm.auto import tqdm
 
 from .api import get_config, is_compressed, last_stats
 from .errors import ConfigError
-from .flops import decoder_dims, prefill_flops
+from .flops import decoder_dims, prefill_flops, pruning_flops
 from .ops import compressed_lengths
 from .registry import get_adapter
 from .tasks import Sample, build_prompt, score
 
-__all__ = ["EvalResult", "SampleResult", "evaluate"]
+__all__ = ["EvalResult", "GeneratedBatch", "PrefillCost", "SampleResult", "evaluate", "generate_answers",
+           "model_inputs", "prefill_costs"]
 
 #: Tokens `generate` may write beyond the longest reference answer when `max_new_tokens=None`: room for an
 #: end-of-sequence token and a little more, so that an answer running past the reference is scored as written, not
@@ -46,6 +51,15 @@ class SampleResult(NamedTuple):
     score: float
 
 
+class PrefillCost(NamedTuple):
+    """What one sample's prefill cost: its image placeholders at the language model's input, and the analytic
+    FLOPs (`vtc.flops`) of the tokens each decoder layer processed for it, without the batch's padding, plus what a
+    pruning method spent on its images before the language model (`vtc.flops.pruning_flops`)."""
+
+    visual_tokens: int
+    prefill_flops: float
+
+
 @dataclass
 class EvalResult:
     """What `evaluate` measured; every mean is over samples.
@@ -55,7 +69,8 @@ class EvalResult:
         n: the number of samples.
         per_sample: each sample's outcome, in the order of the samples given.
         visual_tokens: the mean number of image placeholders at the language model's input.
-        prefill_flops: the mean analytic prefill FLOPs (`vtc.flops`) with the lengths the decoder layers processed.
+        prefill_flops: the mean analytic prefill FLOPs (`vtc.flops`) with the lengths the decoder layers processed,
+            plus a pruning method's own work before the language model.
         seconds: the wall time of the whole evaluation.
     """
 
@@ -112,7 +127,10 @@ def _layer_lens_per_sample(model: nn.Module, num_layers: int, attention_mask: to
     counted, as the sample alone has no padding.
     """
     lengths = attention_mask.sum(dim=1).tolist()
-    lvtc = get_config(model).lvtc if is_compressed(model) else None
+    config = get_config(model) if is_compressed(model) else None
+    if config is not None and config.prune is not None and config.prune.in_llm:
+        return _pruned_layer_lens(model, config.prune, num_layers, lengths)
+    lvtc = None if config is None else config.lvtc
     if lvtc is None:
         return [[length] * num_layers for length in lengths]
     first, restore = lvtc.resolve_layers(num_layers)
@@ -123,6 +141,89 @@ def _layer_lens_per_sample(model: nn.Module, num_layers: int, attention_mask: to
     compressed = [groups - int(bool(pad.any())) for groups, pad in zip(grouped, padding)]
     return [[short if layer in compressed_layers else full for layer in range(num_layers)]
             for full, short in zip(lengths, compressed)]
+
+
+def _pruned_layer_lens(model: nn.Module, prune: Any, num_layers: int, lengths: list[int]) -> list[list[int]]:
+    """Per sample, the tokens each decoder layer processed under an in-decoder pruning method: every token before its
+    first stage, then from each stage on the sample's text and the visual tokens it kept there (`last_stats()["kept"]`:
+    per image, one list of indices, or one per stage for PyramidDrop)."""
+    stats = last_stats(model)
+    stages = prune.resolve_stage_layers(num_layers)
+    out = []
+    for length, native, kept in zip(lengths, stats["visual_tokens"], stats["kept"] or [[]] * len(lengths)):
+        per_stage = [[indices] if len(stages) == 1 else indices for indices in kept]
+        counts = [sum(len(image[stage]) for image in per_stage) for stage in range(len(stages))] if kept else []
+        row = [length] * num_layers
+        for stage, first in enumerate(stages):
+            for layer in range(first, num_layers):
+                row[layer] = length - native + counts[stage] if counts else length
+        out.append(row)
+    return out
+
+
+def model_inputs(model: nn.Module, processor: Any, samples: Sequence[Sample], texts: Sequence[str] | None = None,
+                 padding_side: str = "left") -> Any:
+    """The processor's inputs for a batch of `samples`, on the model's device and in its dtype (integer tensors keep
+    theirs).
+
+    Args:
+        texts: one text per sample; default: each sample's prompt (`vtc.tasks.build_prompt`).
+        padding_side: set for this call only, never on the shared tokenizer (several threads may share it).
+    """
+    parameter = next(model.parameters())
+    images = [list(sample.images) for sample in samples]
+    return processor(
+        images=images if any(images) else None,  # some processors refuse a batch of empty image lists
+        text=list(texts) if texts is not None else [build_prompt(processor, sample) for sample in samples],
+        return_tensors="pt", padding=True, padding_side=padding_side,
+    ).to(device=parameter.device, dtype=parameter.dtype)
+
+
+class GeneratedBatch(NamedTuple):
+    """What `generate_answers` returns.
+
+    Args:
+        answers: each sample's continuation, decoded without special tokens (not stripped).
+        inputs: the processor's inputs the prefill ran on (what `prefill_costs` takes).
+        new_tokens: each sample's generated tokens, up to and with its first end-of-sequence token.
+    """
+
+    answers: list[str]
+    inputs: Any
+    new_tokens: list[int]
+
+
+def generate_answers(model: nn.Module, processor: Any, samples: Sequence[Sample], **generate_options: Any
+                     ) -> GeneratedBatch:
+    """Generate a continuation of each sample's prompt in one left-padded batch.
+
+    `generate_options` go to `model.generate` (e.g. `max_new_tokens`, `do_sample`); call it without gradients.
+    """
+    inputs = model_inputs(model, processor, samples)  # left-padded: generation continues each prompt
+    output = model.generate(**inputs, **generate_options)
+    generated = output[:, inputs["input_ids"].shape[1]:]
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    new_tokens = [next((index + 1 for index, token in enumerate(row) if token in eos), len(row))
+                  for row in generated.tolist()]
+    return GeneratedBatch(processor.tokenizer.batch_decode(generated, skip_special_tokens=True), inputs, new_tokens)
+
+
+def prefill_costs(model: nn.Module, inputs: Any) -> list[PrefillCost]:
+    """Per sample of the forward (or the prefill of the `generate` call) just run on `inputs`, what it cost: its
+    visual tokens at the language model's input and its prefill FLOPs, whichever side the batch was padded on."""
+    adapter = get_adapter(model)
+    text_config = adapter.text_config
+    num_layers = decoder_dims(text_config)["num_hidden_layers"]
+    visual_tokens = (inputs["input_ids"] == adapter.image_token_id).sum(dim=1).tolist()
+    layer_lens = _layer_lens_per_sample(model, num_layers, inputs["attention_mask"])
+    method = [0] * len(visual_tokens)  # what a pruning method spends before the language model
+    prune = get_config(model).prune if is_compressed(model) else None
+    if prune is not None and prune.method != "downsample":
+        layout = last_stats(model)["visual_layout"] or [()] * len(visual_tokens)
+        method = pruning_flops(adapter, prune, layout, inputs["attention_mask"].sum(dim=1).tolist())
+    return [PrefillCost(tokens, prefill_flops(text_config, lens).total + extra)
+            for tokens, lens, extra in zip(visual_tokens, layer_lens, method)]
 
 
 def evaluate(
@@ -154,36 +255,24 @@ def evaluate(
     samples = list(samples)
     if not samples:
         raise ConfigError("samples", samples, "at least one sample", hint="e.g. vtc.tasks.synthetic(name, size=64).")
-    tokenizer = processor.tokenizer
     if max_new_tokens is None:
-        max_new_tokens = _default_max_new_tokens(tokenizer, samples)
-    adapter = get_adapter(model)
-    text_config, parameter = adapter.text_config, next(model.parameters())
-    num_layers = decoder_dims(text_config)["num_hidden_layers"]
+        max_new_tokens = _default_max_new_tokens(processor.tokenizer, samples)
+    get_adapter(model)  # an unsupported model fails here, before any work
 
     start = time.perf_counter()
-    outcomes, visual_tokens, flops = [], [], []
+    outcomes, costs = [], []
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
         with torch.no_grad(), tqdm(total=len(samples), desc="vtc eval", unit="sample", disable=not progress) as bar:
             for offset in range(0, len(samples), batch_size):
                 batch = samples[offset:offset + batch_size]
-                images = [sample.images for sample in batch]
-                inputs = processor(
-                    images=images if any(images) else None,  # some processors refuse a batch of empty image lists
-                    text=[build_prompt(processor, sample) for sample in batch], return_tensors="pt", padding=True,
-                    padding_side="left",  # per call, never on the shared tokenizer: generation continues each prompt
-                ).to(device=parameter.device, dtype=parameter.dtype)  # integer tensors keep their dtype
-                output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-                prompt_length = inputs["input_ids"].shape[1]
-                predictions = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
-                for sample, prediction in zip(batch, predictions):
+                generated = generate_answers(model, processor, batch, max_new_tokens=max_new_tokens,
+                                             do_sample=False, num_beams=1)
+                for sample, prediction in zip(batch, generated.answers):
                     prediction = prediction.strip()
                     outcomes.append(SampleResult(prediction, sample.answer, score(sample, prediction)))
-                visual_tokens += (inputs["input_ids"] == adapter.image_token_id).sum(dim=1).tolist()
-                flops += [prefill_flops(text_config, lens).total
-                          for lens in _layer_lens_per_sample(model, num_layers, inputs["attention_mask"])]
+                costs += prefill_costs(model, generated.inputs)
                 bar.update(len(batch))
     finally:
         for module, training in modes.items():
@@ -193,7 +282,7 @@ def evaluate(
         accuracy=sum(outcome.score for outcome in outcomes) / n,
         n=n,
         per_sample=outcomes,
-        visual_tokens=sum(visual_tokens) / n,
-        prefill_flops=sum(flops) / n,
+        visual_tokens=sum(cost.visual_tokens for cost in costs) / n,
+        prefill_flops=sum(cost.prefill_flops for cost in costs) / n,
         seconds=time.perf_counter() - start,
     )

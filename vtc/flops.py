@@ -11,6 +11,10 @@ and the LM head costs `2 * t * d * vocab` for the `t` positions whose logits are
 FLOPs. Norms, rotary embeddings, softmax, activations, residual adds and biases are ignored: they are linear in `n`
 with small constants and do not change how compression compares with the baseline. The numbers are per sequence;
 multiply by the batch size for a batch.
+
+A pruning baseline (`vtc.PruneConfig`) also does work of its own: `prune_flops` counts it per image (per tile where
+the model sees tiles) before the language model, `llm_prune_flops` per prompt for the methods inside the decoder
+(whose saving is the shorter layer lengths `prefill_flops` counts), to be added next to the prefill FLOPs.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .config import PruneConfig
 from .errors import ConfigError
+from .prune import visionzip_counts
 
-__all__ = ["FlopsBreakdown", "decoder_dims", "prefill_flops", "uniform_layer_lens"]
+__all__ = ["FlopsBreakdown", "decoder_dims", "llm_prune_flops", "prefill_flops", "prune_flops", "pruning_flops",
+           "uniform_layer_lens"]
 
 _REQUIRED = ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size", "num_hidden_layers")
 
@@ -136,3 +143,111 @@ def uniform_layer_lens(text_config: Any, seq_len: int) -> list[int]:
     if isinstance(seq_len, bool) or not isinstance(seq_len, numbers.Integral) or seq_len < 0:
         raise ConfigError("seq_len", seq_len, "an int >= 0")
     return [int(seq_len)] * decoder_dims(text_config)["num_hidden_layers"]
+
+
+def prune_flops(method: str, native_tokens: int, kept_tokens: int, width: int, *, tower_tokens: int | None = None,
+                attention_width: int | None = None, head_width: int | None = None) -> int:
+    """The FLOPs a pruning method spends on one item of `native_tokens` tokens of `width` features, keeping
+    `kept_tokens` (a multiply-add counts as 2, a comparison or a lone add as 1):
+
+        downsample, random   0   (downsample's saving, a smaller image in the vision tower, is not counted here)
+        pool                 n * d                        (each input feature added into its window once)
+        divprune             2 * n^2 * d  +  2 * k * n    (the cosine-similarity matrix; per pick, the running
+                                                           minimum and the argmax over n distances)
+        visionzip            2 * t * a  +  2 * m * c * e  (the [CLS] row: one query against the tower's t keys;
+                                                           each merged token's key against the targets' keys)
+
+    with `n = native_tokens`, `k = kept_tokens`, `d = width` (the projector's output width), `t = tower_tokens`
+    (default `n`), `a = attention_width` (all heads, default `d`), `e = head_width` (the head-averaged key,
+    default `a`), and VisionZip's `c` contextual tokens and `m = n - k` merged tokens (`vtc.prune.visionzip_counts`).
+    The contextual tokens' pass through the projector is left out, as every other token's is.
+
+    Raises:
+        ConfigError: on an unknown method, or a count that is not an int >= 1 (`kept_tokens <= native_tokens`).
+    """
+    if method in PruneConfig.IN_LLM_METHODS:
+        raise ConfigError("method", method, "a method before the language model",
+                          hint="The in-decoder methods spend their work per prompt: vtc.flops.llm_prune_flops.")
+    if method not in PruneConfig.METHODS:
+        raise ConfigError("method", method, "one of " + ", ".join(map(repr, PruneConfig.METHODS)))
+    n, d = _positive_int("native_tokens", native_tokens), _positive_int("width", width)
+    k = _positive_int("kept_tokens", kept_tokens)
+    if k > n:
+        raise ConfigError("kept_tokens", kept_tokens, f"at most native_tokens={n}")
+    if method == "pool":
+        return n * d
+    if method == "divprune":
+        return 2 * n * n * d + 2 * k * n
+    if method == "visionzip":
+        t = n if tower_tokens is None else _positive_int("tower_tokens", tower_tokens)
+        a = d if attention_width is None else _positive_int("attention_width", attention_width)
+        e = a if head_width is None else _positive_int("head_width", head_width)
+        return 2 * t * a + 2 * (n - k) * visionzip_counts(k, n)[1] * e
+    return 0
+
+
+#: DART's pivots per item (4 image and 4 text tokens), each compared with the item's tokens.
+_DART_PIVOTS = 8
+
+
+def llm_prune_flops(method: str, text_config: Any, sequence_tokens: int, item_tokens: Sequence[int], *,
+                    stages: int = 1) -> int:
+    """The FLOPs an in-decoder pruning method spends on one prompt of `t = sequence_tokens` tokens whose images (tiles
+    where the model sees tiles) bring `item_tokens` tokens each, with the decoder's width `d`, `a = h * d_h` (every
+    query head) and `e = h_kv * d_h` (every key head), to add to `prefill_flops` of the pruned layer lengths:
+
+        fastv   2 * t * a                                     (the last prompt token's attention row: one query
+                                                               against the layer's t keys, which the layer computed)
+        dart    t * e  +  2 * p * sum(n) * d                  (the keys' L1 norms; each of an item's p = 8 pivots'
+                                                               cosine similarity with its n tokens)
+        pdrop   s * (2 * t * d * e  +  2 * d * a  +  2 * t * a)   (per stage: the stage layer's keys of the t tokens
+                                                               and the last token's query, then its attention row;
+                                                               t after the first stage is fewer: an upper bound)
+
+    Raises:
+        ConfigError: on a method that is not in the decoder, or a count that is not an int >= 1.
+    """
+    if method not in PruneConfig.IN_LLM_METHODS:
+        raise ConfigError("method", method, "one of " + ", ".join(map(repr, PruneConfig.IN_LLM_METHODS)),
+                          hint="The methods before the language model: vtc.flops.prune_flops.")
+    dims = decoder_dims(text_config)
+    d, a = dims["hidden_size"], dims["num_attention_heads"] * dims["head_dim"]
+    e = dims["num_key_value_heads"] * dims["head_dim"]
+    t = _positive_int("sequence_tokens", sequence_tokens)
+    n = sum(_positive_int("item_tokens", tokens) for tokens in item_tokens)
+    if method == "fastv":
+        return 2 * t * a
+    if method == "dart":
+        return t * e + 2 * _DART_PIVOTS * n * d
+    return _positive_int("stages", stages) * (2 * t * d * e + 2 * d * a + 2 * t * a)
+
+
+def pruning_flops(adapter: Any, config: PruneConfig, layout: Sequence[Sequence[Any]],
+                  sequence_lengths: Sequence[int] | None = None) -> list[int]:
+    """Per sample of a prefill's visual layout (`last_stats()["visual_layout"]`), the FLOPs `config`'s method spent
+    before the language model (`prune_flops` for each of its images, or tiles where the model sees tiles: one visual
+    span each, of the kept length, from the adapter's native token grid).
+
+    Args:
+        adapter: the compressed model's adapter (`vtc.registry.get_adapter`).
+        config: the model's `PruneConfig`.
+        layout: per sample, its visual spans.
+        sequence_lengths: per sample, its prompt's tokens, for the in-decoder methods (whose work grows with the
+            prompt; `llm_prune_flops`); without them, the end of the sample's last visual span (a lower bound).
+    """
+    if config.in_llm:
+        stages = len(config.resolve_stage_layers(decoder_dims(adapter.text_config)["num_hidden_layers"]))
+        lengths = sequence_lengths or [max((span.end for span in spans), default=0) for spans in layout]
+        return [llm_prune_flops(config.method, adapter.text_config, length, [span.length for span in spans],
+                                stages=stages) if spans else 0 for spans, length in zip(layout, lengths)]
+    h, w = adapter.reference_token_grid
+    native, width = h * w, adapter.text_config.hidden_size
+    extra: dict[str, int] = {}
+    if config.method == "visionzip":
+        rows, cols = adapter.projector_window
+        taps = adapter.feature_layer_attention()
+        attention_width = adapter.model.config.vision_config.hidden_size
+        extra = dict(tower_tokens=native * rows * cols + int(adapter.vision_has_cls), attention_width=attention_width,
+                     head_width=attention_width // taps.num_heads)
+    return [sum(prune_flops(config.method, max(native, span.length), span.length, width, **extra) for span in spans)
+            for spans in layout]

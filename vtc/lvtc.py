@@ -32,6 +32,16 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
+from ._decoder_hooks import (
+    ShortenedLayerSwap,
+    appended_mask,
+    cache_length,
+    check_attention_mask,
+    check_cache,
+    check_cache_layers,
+    hidden_argument,
+    with_hidden_argument,
+)
 from ._state import ForwardArguments
 from ._structure_cache import StructureCache
 from .config import LVTCConfig
@@ -57,9 +67,6 @@ __all__ = ["COMPRESS_RANGE", "GATE_NAME", "RESTORE_RANGE", "LVTCPrefill", "LVTCS
 GATE_NAME = "vtc_lvtc_gate"
 #: `torch.profiler` ranges around LVTC's own work, so that a profile separates it from the decoder's.
 COMPRESS_RANGE, RESTORE_RANGE = "vtc_lvtc_compress", "vtc_lvtc_restore"
-
-_STATIC_CACHE_HINT = ("LVTC keeps shorter KV caches in the compressed layers, which needs a DynamicCache (the default "
-                      "of `generate`); do not pass a static cache or `cache_implementation=\"static\"`.")
 
 
 #: The largest materialised prefill mask (`batch * g * g` elements) a cached structure keeps: 16 Mi elements,
@@ -113,38 +120,7 @@ class LVTCStep:
     active: bool = False  # whether layers K..L-1 must get the swapped arguments in this forward
 
 
-def _cache_length(cache: Any, layer: int = 0) -> int:
-    return 0 if cache is None else int(cache.get_seq_length(layer))
-
-
-def _check_cache(cache: Any) -> None:
-    if cache is not None and getattr(cache, "is_compileable", False):
-        raise UnsupportedModelError(f"LVTC does not support {type(cache).__name__}. {_STATIC_CACHE_HINT}")
-
-
-def _check_attention_mask(mask: Any) -> None:
-    if mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 2):
-        return
-    if isinstance(mask, dict):  # generate pre-builds per-layer-type masks for static caches only
-        raise UnsupportedModelError(f"LVTC got pre-built attention masks. {_STATIC_CACHE_HINT}")
-    raise UnsupportedModelError(
-        f"LVTC needs a 2-D padding mask (batch, sequence) or None, got {type(mask).__name__} of shape "
-        f"{tuple(getattr(mask, 'shape', ()))}: a custom 4-D mask cannot be compressed. Pass the 2-D attention_mask "
-        "the processor returns."
-    )
-
-
-def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
-    if args:
-        return (hidden, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": hidden}
-
-
-class _Controller:
+class _Controller(ShortenedLayerSwap):
     """The hooks of one compressed model. It holds no per-call state: each forward's lives in its thread's
     `state.call.lvtc`, each KV cache's prefill summary on the cache itself; `structures` memoises what a batch
     structure determines, keyed by the whole structure."""
@@ -164,13 +140,13 @@ class _Controller:
     def begin_forward(self, _module, args, kwargs):
         bound = self.forward_arguments(args, kwargs)
         mask, cache = bound.get("attention_mask"), cache_argument(bound)
-        _check_attention_mask(mask)
-        _check_cache(cache)
+        check_attention_mask(mask, "LVTC")
+        check_cache(cache, "LVTC")
         inputs = bound.get("inputs_embeds")
         if inputs is None:
             inputs = bound.get("input_ids")
         call = self.state.call
-        if _cache_length(cache) == 0:
+        if cache_length(cache) == 0:
             call.lvtc = self._begin_prefill(mask)
         else:
             call.lvtc = self._begin_decode(mask, cache, inputs.shape[0], inputs.shape[1])
@@ -190,31 +166,12 @@ class _Controller:
 
     def _begin_decode(self, mask: torch.Tensor | None, cache: Any, batch: int, new_tokens: int) -> LVTCStep:
         prefill: LVTCPrefill | None = getattr(cache, PREFILL_ATTR, None)
-        full, compressed = _cache_length(cache), _cache_length(cache, self.compress_layer)
         if prefill is None:
-            if full != compressed:
-                raise UnsupportedModelError(
-                    f"this KV cache holds {full} tokens in layer 0 but {compressed} in layer {self.compress_layer}, "
-                    "and no compressed prefill of vtc filled it (it was copied without its attributes, or filled "
-                    "by another tool). Run the prefill again (e.g. call generate with the prompt)."
-                )
+            check_cache_layers(cache, None, {self.compress_layer: 0}, "compressed", "LVTC")
             return LVTCStep()  # a cache no compressed prefill wrote: every layer holds the full sequence
-        appended = full - prefill.full_length
-        if appended < 0 or compressed != prefill.compressed_length + appended:
-            raise UnsupportedModelError(
-                f"the KV cache no longer matches the compressed prefill (layer 0 holds {full} tokens, layer "
-                f"{self.compress_layer} holds {compressed}; expected {prefill.full_length} + n and "
-                f"{prefill.compressed_length} + n). Cropping or editing the cache (assisted or speculative decoding) "
-                "is not supported with LVTC."
-            )
-        new_mask = None
-        if mask is not None:
-            new_mask = mask[:, prefill.full_length:]
-            if new_mask.shape[1] != appended + new_tokens:
-                raise UnsupportedModelError(
-                    f"attention_mask has {mask.shape[1]} columns but the cache holds {full} tokens and {new_tokens} "
-                    "arrive: pass the mask of the whole sequence (prompt and generated tokens)."
-                )
+        appended = check_cache_layers(cache, prefill.full_length, {self.compress_layer: prefill.compressed_length},
+                                      "compressed", "LVTC")
+        new_mask = appended_mask(mask, prefill.full_length, appended, new_tokens)
         mask2d = extend_mask(prefill.compact_mask, new_mask, appended + new_tokens, batch,
                              compact_len=prefill.compressed_length)
         return LVTCStep(active=True, mask2d=mask2d, prompt_dense=prefill.compact_mask is None)
@@ -248,13 +205,13 @@ class _Controller:
             else:
                 # Sized against layer K's own cache, before this layer appends the step's keys.
                 with record_function(COMPRESS_RANGE):
-                    step.attention_mask = self._mask(_hidden(args, kwargs), step.mask2d, cache)
+                    step.attention_mask = self._mask(hidden_argument(args, kwargs), step.mask2d, cache)
             return args, {**kwargs, "attention_mask": step.attention_mask, "position_ids": None}
         with record_function(COMPRESS_RANGE):
             return self._compress_prefill(args, kwargs, step, cache)
 
     def _compress_prefill(self, args: tuple, kwargs: dict, step: LVTCStep, cache: Any) -> tuple[tuple, dict]:
-        hidden = _hidden(args, kwargs)
+        hidden = hidden_argument(args, kwargs)
         mask2d = step.mask2d
         if mask2d is not None and tuple(mask2d.shape) != tuple(hidden.shape[:2]):
             raise UnsupportedModelError(f"attention_mask has shape {tuple(mask2d.shape)} but the prompt is "
@@ -279,7 +236,7 @@ class _Controller:
         self._record_lengths(pooled.shape[1])
         if cache is not None:  # the decode steps that extend this cache continue from here
             setattr(cache, PREFILL_ATTR, LVTCPrefill(groups.seq_len, groups.max_groups, step.mask2d))
-        return _with_hidden(args, self._swapped(kwargs, step), pooled)
+        return with_hidden_argument(args, self._swapped(kwargs, step), pooled)
 
     def _record_lengths(self, compressed_length: int) -> None:
         """Layers K..L-1 of this prefill see the pooled sequence (the record holds the prompt's length per layer)."""
@@ -384,18 +341,7 @@ class _Controller:
         return self.state.adapter.rotary_embedding(pooled, compact_positions(positions, groups, "mean"))
 
     # -------------------------------------------------------------------------------------------- layers K+1..L-1
-    def swap(self, _module, args, kwargs):
-        step = self._step
-        if step is None or not step.active:
-            return None
-        return args, self._swapped(kwargs, step)
-
-    @staticmethod
-    def _swapped(kwargs: dict, step: LVTCStep) -> dict:
-        swapped = {**kwargs, "attention_mask": step.attention_mask, "position_ids": None}
-        if step.prefill:  # decode steps keep their tokens' own (original) positions
-            swapped["position_embeddings"] = step.position_embeddings
-        return swapped
+    # `swap` (`ShortenedLayerSwap`): the compressed layers' mask and rotary embeddings
 
     # -------------------------------------------------------------------------------------------- layer L-1
     def restore(self, _module, _args, output):

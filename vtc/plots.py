@@ -19,7 +19,10 @@ from pathlib import Path
 __all__ = ["ParetoPoint", "pareto", "plotting_available"]
 
 #: Marker per component combination: what a reader tells apart at a glance.
-_MARKERS = {"baseline": "*", "pvtc": "o", "lvtc": "s", "rvtc": "^"}
+_MARKERS = {"baseline": "*", "pvtc": "o", "lvtc": "s", "rvtc": "^",
+            # the training-free pruning baselines, one each (`vtc.PruneConfig.METHODS`)
+            "pool": "v", "random": "X", "divprune": "P", "visionzip": "h", "downsample": "<",
+            "fastv": ">", "pdrop": "p", "dart": "8"}
 _COMBINED_MARKER = "D"
 _COSTS = (("visual_tokens", "visual tokens per sample at the LLM input"),
           ("flops_rel", "prefill FLOPs relative to uncompressed"))
@@ -115,8 +118,9 @@ def pareto(points: Sequence[ParetoPoint], path: str | os.PathLike) -> Path:
                 axis.set_ylabel("accuracy")
             if row == 0:
                 axis.set_title(task)
+    used = {_marker(p.components) for p in points}  # the legend names the markers drawn
     legend = [Line2D([], [], marker=m, linestyle="", color="gray", markerfacecolor="none", label=name, markersize=8)
-              for name, m in [*_MARKERS.items(), ("several", _COMBINED_MARKER)]]
+              for name, m in [*_MARKERS.items(), ("several", _COMBINED_MARKER)] if m in used]
     if any(p.trained for p in points):
         legend.append(Line2D([], [], marker="o", linestyle="", color="gray", markerfacecolor=_translucent("gray"),
                              label="trained (filled, labelled)", markersize=8))

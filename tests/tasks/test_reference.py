@@ -76,8 +76,12 @@ def test_reference_model_reaches_its_recorded_scores(family):
     model, processor = reference_model(family)
     assert not model.training and model.config.model_type == family
     scores = greedy_scores(model, processor, size=CHECK_SIZE)
+    # The record is of `test_samples_per_task` samples, of which these are the first: all of its misses may fall
+    # among them, so each score is at least what the record leaves room for.
+    recorded_size = record["test_samples_per_task"]
     for task, value in scores.items():
-        assert value >= TARGETS[task], (task, scores)
+        floor = 1 - (1 - record["test_scores"][task]) * recorded_size / CHECK_SIZE
+        assert value >= floor - 1e-9, (task, scores, record["test_scores"])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -125,8 +129,8 @@ def test_training_recipe_lowers_the_loss():
 
 
 # Measured on the shipped LLaVA reference model, 64 test samples per task, greedy: uncompressed grid-readout 1.00,
-# majority-colour 1.00; PVTC ratio 4, training-free (warm init): grid-readout 0.007 (below chance, 0.125: a 2x2
-# window mixes four independent cells, and the model no longer writes 36 colours in order), majority-colour 0.95.
+# majority-colour 1.00; PVTC ratio 4, training-free (warm init): grid-readout 0.000 (below chance, 0.125: a 2x2
+# window mixes four independent cells, and the model no longer writes 36 colours in order), majority-colour 1.00.
 GRID_DROP_AT_LEAST = 0.8
 COARSE_KEEPS_AT_LEAST = 0.9
 

@@ -353,7 +353,7 @@ def test_dict_and_json_round_trip(cfg):
 @given(vtc_configs)
 def test_vtc_dict_nests(cfg):
     d = cfg.to_dict()
-    assert set(d) == {"pvtc", "lvtc", "rvtc"}
+    assert set(d) == {"pvtc", "lvtc", "rvtc", "prune"}
     for name in d:
         part = getattr(cfg, name)
         assert d[name] == (None if part is None else part.to_dict())

@@ -1,4 +1,5 @@
-"""LVTC's KV cache is smaller by the fraction its layer lengths predict; PVTC's by exactly the visual tokens it removes.
+"""LVTC's KV cache is smaller by the fraction its layer lengths predict; PVTC's by exactly the visual tokens it removes;
+pruning inside the decoder (FastV, DART, PyramidDrop) caches each layer's pruned length.
 
 On tiny models of several families, batch 1 and a left-padded batch of 2: after a prefill with `use_cache=True`, each
 decoder layer caches exactly the length `vtc.last_stats(model)["layer_seq_lens"]` records for it, the cache holds
@@ -144,4 +145,25 @@ def test_pvtc_cache_shrinks_by_the_removed_visual_tokens(tiny):
         assert base_bytes - pvtc_bytes == predicted_bytes(model, batch, [base_len - lens[0]] * len(lens)), where
         after = decoded_cache(model, inputs)
         assert cached_lengths(after) == [n + DECODE_STEPS for n in lens], where
+    vtc.unpatch(model)
+
+
+@pytest.mark.parametrize("method", ["fastv", "dart", "pdrop"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_pruning_inside_the_decoder_caches_the_pruned_layer_lengths(tiny, batch, method):
+    family, model, processor = tiny
+    vtc.unpatch(model)
+    inputs = tiny_batch(family, processor, batch=batch)
+    seq_len = inputs["input_ids"].shape[1]
+    first = 1 if method == "pdrop" else K + 1  # FastV and DART from layer 2, PyramidDrop's stages at 1, 2, 3
+    layer = (1, 2, 3) if method == "pdrop" else first
+    vtc.compress(model, vtc.VTCConfig(prune=vtc.PruneConfig(method=method, keep=0.3, layer=layer)))
+    cache, lens = prefill(model, inputs)
+    # the layers before the first stage cache the prompt; from it on, each stage caches fewer tokens
+    assert lens[:first] == [seq_len] * first and lens[first] < seq_len and lens == sorted(lens, reverse=True)
+    check_prefill_cache(model, inputs, cache, lens)
+    after = decoded_cache(model, inputs)
+    assert vtc.last_stats(model)["layer_seq_lens"] == lens  # generate's prefill pruned the same way
+    assert cached_lengths(after) == [n + DECODE_STEPS for n in lens]
+    assert cache_bytes(after) == predicted_bytes(model, batch, [n + DECODE_STEPS for n in lens])
     vtc.unpatch(model)

@@ -14,6 +14,7 @@ from .arguments import (
     ATTENTION_CHOICES,
     UsageError,
     attention_backend,
+    budgets,
     checkpoint_folder,
     device,
     eval_data,
@@ -85,6 +86,15 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     grid = {name: config for name, config in ablate.default_grid().items()
             if args.configs is None or name in {ablate.BASELINE, *args.configs}}
+    if args.budgets:  # the same budgets mean the same grid on every model whose images make as many tokens
+        def grid_of(model):
+            from vtc.registry import get_adapter
+
+            h, w = get_adapter(model).reference_token_grid
+            return ablate.budget_grid(args.budgets, h * w)
+    else:
+        def grid_of(model):
+            return grid
     runs = list({run.folder.resolve(): run for run in args.trained or ()}.values())  # a folder given twice: once
     # The data, then the checkpoint, before the progress bar is drawn: what does not load fails before anything runs.
     if args.model:  # the data is one task
@@ -93,18 +103,21 @@ def run(args: argparse.Namespace) -> int:
         model, processor = load_model_argument(args.model, dtype=getattr(torch, args.dtype),
                                                attn_implementation=args.attn)
         model = model.to(args.device)
-        models, num_models = [(model.config.model_type, model, processor)], 1
+        models = [(model.config.model_type, model, processor)]
     else:
         # With --trained: the families of the runs, and those --families names.
         families = list(dict.fromkeys([*(args.families or ([] if runs else tasks.reference_families())),
                                        *(run.reference_family() for run in runs)]))
         data = {task: load_samples(task, args.size, ABLATE_TASK_SIZE) for task in tasks.available()}
-        models, num_models = _reference_models(args, families), len(families)
+        models = _reference_models(args, families)
     rows = []
-    with tqdm(total=num_models * len(grid) * sum(map(len, data.values())), desc="vtc ablate", unit="sample",
+    with tqdm(total=0, desc="vtc ablate", unit="sample",
               disable=args.quiet, file=sys.stderr) as bar:
         for family, model, processor in models:
             bar.set_postfix_str(family)
+            grid = grid_of(model)
+            bar.total += len(grid) * sum(map(len, data.values()))
+            bar.refresh()
             rows += ablate.evaluate_grid(model, processor, grid, data, family=family, batch_size=args.batch_size,
                                          progress=bar.update)
     latency_setup = _measure_latency(args, model, processor, grid, rows) if args.model else None
@@ -180,8 +193,13 @@ def add_parser(commands, parents: list[argparse.ArgumentParser]) -> None:
     ablate.add_argument("--data", type=eval_data, metavar="FILE.jsonl|task:NAME",
                         help="with --model: a JSONL file of samples (vtc.tasks.load_jsonl), or a synthetic task's "
                              "test split")
-    ablate.add_argument("--configs", type=grid_configs, metavar="NAME,...",
-                        help="only these rows of the grid, and the baseline they are relative to (default: all)")
+    rows = ablate.add_mutually_exclusive_group()
+    rows.add_argument("--configs", type=grid_configs, metavar="NAME,...",
+                      help="only these rows of the grid, and the baseline they are relative to (default: all)")
+    rows.add_argument("--budgets", type=budgets, metavar="N,...",
+                      help="instead of the grid, every method at each budget of visual tokens per image, equal-token "
+                           "rows together: ints (192,128,64) or fractions of an image's native tokens (1/3,2/9,1/9); "
+                           "PVTC where a square ratio gives the budget, LVTC where an integer ratio does")
     ablate.add_argument("--trained", type=trained_run, nargs="+", action="extend", metavar="RUN",
                         help="output folders of training runs (vtc train): each is scored as a row of its own, right "
                              "after the training-free row of its configuration, with the model it started from (a "

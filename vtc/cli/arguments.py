@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vtc.errors import VTCError
 
-__all__ = ["ATTENTION_CHOICES", "REFERENCE_PREFIX", "TASK_PREFIX", "UsageError", "attention_backend",
+__all__ = ["ATTENTION_CHOICES", "REFERENCE_PREFIX", "TASK_PREFIX", "UsageError", "attention_backend", "budgets",
            "checkpoint_folder", "device", "eval_data", "eval_model", "grid_configs", "image_sizes", "non_negative_float",
            "non_negative_int", "output_folder", "positive_float", "positive_int", "reference_families",
            "tiny_family", "trained_run", "trainer_checkpoint", "vtc_config_file"]
@@ -95,6 +95,24 @@ def grid_configs(text: str) -> list[str]:
         if name not in grid:
             raise argparse.ArgumentTypeError(f"unknown configuration {name!r}; choose from {', '.join(grid)}")
     return names
+
+
+def budgets(text: str) -> list[int | float]:
+    """Comma-separated visual-token budgets per image: ints (`192,128,64`) or fractions of an image's native tokens
+    (`1/3,2/9,1/9` or `0.25`)."""
+    from fractions import Fraction
+
+    out: list[int | float] = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = Fraction(part)
+        except (ValueError, ZeroDivisionError):
+            value = None
+        if value is None or value <= 0 or (value >= 1 and value.denominator != 1):
+            raise argparse.ArgumentTypeError(f"{part!r} is not a budget: give visual tokens per image (an int >= 1, "
+                                             "e.g. 64) or a fraction of them below 1 (e.g. 1/9 or 0.11)")
+        out.append(int(value) if value.denominator == 1 else float(value))
+    return list(dict.fromkeys(out))
 
 
 def attention_backend(text: str) -> str:

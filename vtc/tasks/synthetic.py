@@ -15,7 +15,7 @@ cells are in `len(COLOURS)` colours.
 
 The small square of the salient tasks is one cell wide; it sits on the cell grid (one 8-px token) in a third of the
 samples and straddles two neighbouring cells (half in each) in the others, so that no method gains by alignment.
-`available()` lists the first three tasks (see `SALIENT`).
+`available()` lists all five; `SALIENT` names the two salient ones.
 
 `synthetic(name, split, size, seed)` is deterministic: the same arguments give the same samples on every machine,
 and the `train` and `test` splits of one seed never share a stream.
@@ -164,19 +164,18 @@ _GENERATORS: dict[str, Callable[[random.Random], Sample]] = {
 _SCORERS: dict[str, Callable[[str, str], float]] = {"grid-readout": _fraction_of_words}
 
 
-#: The salient tasks. `synthetic` makes them; `available()` (the tasks `vtc ablate`, `vtc train` and `--data
-#: task:NAME` offer, and the reference models' training mix and vocabulary) leaves them out, because the shipped
-#: reference models are not trained on them and cannot read their questions.
+#: The salient tasks: a few informative tokens on an uninformative background (what token selection is for).
 SALIENT = ("odd-one-out", "where-is-it")
 
 
 def available() -> list[str]:
-    """The ids of the synthetic tasks that the shipped reference models are trained on."""
-    return [name for name in _GENERATORS if name not in SALIENT]
+    """The ids of the synthetic tasks: the ones `vtc ablate`, `vtc train` and `--data task:NAME` offer, and the
+    shipped reference models' training mix and vocabulary."""
+    return list(_GENERATORS)
 
 
 def synthetic(name: str, split: str = "test", size: int = 256, seed: int = 0) -> list[Sample]:
-    """`size` samples of the synthetic task `name` (`available()` or `SALIENT`), deterministic per
+    """`size` samples of the synthetic task `name` (one of `available()`), deterministic per
     `(name, split, seed)`.
 
     Raises:

@@ -1,0 +1,90 @@
+"""What the pruning tests share: the families and methods, expected counts, and model inspections."""
+
+import torch
+
+import vtc
+from vtc.prune import SELECTION_METHODS, item_token_count
+from vtc.testing import build_tiny_model, build_tiny_processor, image_placeholder, tiny_images
+
+FAMILIES = ("llava", "internvl")
+#: The methods that act on the model's tokens (every family of this slice has them); `downsample` is InternVL's only.
+MODEL_METHODS = ("pool", "random", "divprune", "visionzip")
+#: The native token grid of one item: a LLaVA image (8x8 patches) or an InternVL tile (4x4 after the pixel shuffle).
+GRID = {"llava": (8, 8), "internvl": (4, 4)}
+#: A `keep` below the native count on each family.
+KEEP = {"llava": 20, "internvl": 6}
+PROMPTS = ("w3 w7 {image} describe the image .", "what is in this picture ? w11 w12 w13 {image} w5 w8 w9 .",
+           "w5 w6 what is this ?")
+
+
+def prune(method, keep, **kwargs):
+    return vtc.VTCConfig(prune=vtc.PruneConfig(method=method, keep=keep, **kwargs))
+
+
+def native_count(family):
+    h, w = GRID[family]
+    return h * w
+
+
+def per_item(family, config):
+    """The visual tokens one item (image or tile) brings under `config` (a `VTCConfig`)."""
+    return item_token_count(config.prune, GRID[family])
+
+
+def compressed(family, config, attn="sdpa"):
+    """A tiny model and its processor, compressed with `config`."""
+    model, processor = build_tiny_model(family, attn), build_tiny_processor(family)
+    vtc.compress(model, config, processor=processor)
+    return model, processor
+
+
+def with_positions(inputs):
+    """Explicit positions from the padding mask, so that a left-padded row sees the positions it has alone (the
+    families here number positions 0..S-1 regardless of padding)."""
+    return {**inputs, "position_ids": (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)}
+
+
+def logits(model, inputs, **kwargs):
+    with torch.no_grad():
+        return model(**with_positions(inputs), **kwargs).logits
+
+
+def items_of(model, inputs):
+    """The visual tokens of every item as the (patched) model produces them: `get_image_features().pooler_output`."""
+    with torch.no_grad():
+        pooled = model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output
+    return list(pooled)
+
+
+def placeholder_runs(input_ids, image_token):
+    """Lengths of the consecutive runs of image placeholders, in batch order (from where each run starts and ends)."""
+    edges = torch.nn.functional.pad((input_ids == image_token).int(), (1, 1)).diff(dim=1)
+    return ((edges == -1).nonzero()[:, 1] - (edges == 1).nonzero()[:, 1]).tolist()
+
+
+def three_samples(family, processor):
+    """Two samples with an image each (different visual counts on InternVL) and one without, left-padded; and the
+    three samples processed alone."""
+    images = tiny_images([(32, 32), (64, 32)] if family == "internvl" else [(48, 40), (40, 48)])
+    texts = [p.replace("{image}", image_placeholder(family)) for p in PROMPTS]
+    batch = processor(images=[[images[0]], [images[1]], []], text=texts, return_tensors="pt", padding=True)
+    alone = [processor(images=[images[0]], text=texts[:1], return_tensors="pt"),
+             processor(images=[images[1]], text=texts[1:2], return_tensors="pt"),
+             processor(text=texts[2:], return_tensors="pt")]
+    return batch, alone
+
+
+def check_kept(family, method, kept, counts):
+    """`last_stats()["kept"]` lists, per sample, per item, `count` distinct native indices (ascending for random and
+    DivPrune; VisionZip's dominant tokens ascending, then its contextual targets), or is None for pool."""
+    if method not in SELECTION_METHODS:
+        assert kept is None
+        return
+    assert [len(sample) for sample in kept] == [len(c) for c in counts]
+    for sample, sample_counts in zip(kept, counts):
+        for indices, count in zip(sample, sample_counts):
+            assert len(indices) == count == len(set(indices))
+            assert all(0 <= i < native_count(family) for i in indices)
+            if method != "visionzip":
+                assert indices == sorted(indices)
+
