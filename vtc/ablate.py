@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from fractions import Fraction
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,8 +94,8 @@ def budget_grid(budgets: Sequence[int | float], native_tokens: int) -> dict[str,
 
     A budget is visual tokens per image (an int) or a fraction of the `native_tokens` an image makes (a float in
     (0, 1)). At each budget: PVTC at the square ratio that leaves exactly that many tokens, where one exists (64 of 576
-    is r9; 192 of 576 has none), LVTC at the integer ratio that pools to it (from layer 1 to the last, `delta`), and
-    every baseline (`BASELINES`) with `keep` the budget.
+    is r9, and so is 1/9 of any image; 192 of 576 has none), LVTC at the integer ratio that pools to it (from layer 1
+    to the last, `delta`), and every baseline (`BASELINES`) with `keep` the budget.
 
     Raises:
         ConfigError: a budget that is neither an int in `1..native_tokens` nor a fraction in (0, 1).
@@ -104,10 +105,11 @@ def budget_grid(budgets: Sequence[int | float], native_tokens: int) -> dict[str,
         keep = PruneConfig(method="pool", keep=budget).keep  # the same validation as the baselines' own
         if isinstance(keep, int) and keep > native_tokens:
             raise ConfigError("budgets", budget, f"at most the {native_tokens} visual tokens an image makes")
-        count = PruneConfig(keep=keep).kept_count(native_tokens)
-        ratio = native_tokens / count
+        # A fraction 1/n is ratio n on every image; an int is a ratio of this model's native tokens.
+        ratio = (1 / Fraction(keep).limit_denominator(1000) if isinstance(keep, float)
+                 else Fraction(native_tokens, keep))
         rows = []
-        if ratio.is_integer() and ratio > 1:
+        if ratio.denominator == 1 and ratio > 1:
             if math.isqrt(int(ratio)) ** 2 == int(ratio):
                 rows.append(VTCConfig(pvtc=PVTCConfig(ratio=int(ratio))))
             rows.append(VTCConfig(lvtc=LVTCConfig(compress_layer=1, restore_layer=-1, ratio=int(ratio))))
