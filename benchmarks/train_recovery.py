@@ -50,6 +50,9 @@ ROWS = {
     "lvtc-r4-delta": vtc.VTCConfig(lvtc=_lvtc("delta")),
     "lvtc-r4-add": vtc.VTCConfig(lvtc=_lvtc("add")),
     "pvtc-r4-paper+lvtc-r4": vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=4, init="paper"), lvtc=_lvtc("delta")),
+    # The training-free baselines at PVTC r4's token count: the language model fine-tuned on what they keep (`full`).
+    **{f"{method}-0.25": vtc.VTCConfig(prune=vtc.PruneConfig(method=method, keep=0.25))
+       for method in ("pool", "random", "divprune")},
 }
 
 

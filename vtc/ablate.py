@@ -21,8 +21,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-from fractions import Fraction
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
