@@ -22,7 +22,7 @@ __all__ = ["ParetoPoint", "pareto", "plotting_available"]
 _MARKERS = {"baseline": "*", "pvtc": "o", "lvtc": "s", "rvtc": "^",
             # the training-free pruning baselines, one each (`vtc.PruneConfig.METHODS`)
             "pool": "v", "random": "X", "divprune": "P", "visionzip": "h", "downsample": "<",
-            "fastv": ">", "pdrop": "p", "dart": "8"}
+            "fastv": ">", "pdrop": "p", "dart": "d"}  # "8" would read as PVTC's circle
 _COMBINED_MARKER = "D"
 _COSTS = (("visual_tokens", "visual tokens per sample at the LLM input"),
           ("flops_rel", "prefill FLOPs relative to uncompressed"))
