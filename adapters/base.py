@@ -30,7 +30,7 @@ from transformers.utils import ModelOutput
 
 from vtc.config import PruneConfig
 from vtc.errors import (
-    InputError,
+    ConfigError,
     PlaceholderMismatchError,
     UnsupportedModelError,
     UnsupportedVersionError,
@@ -39,9 +39,11 @@ from vtc.errors import (
 from vtc.layout import BatchLayout, SampleLayout, VisualSpan
 from vtc.ops import pooled_grid
 from vtc.patch import PatchLedger
+from vtc.prune import check_keep
 from vtc.prune import item_template as prune_item_template
 
 from ._attention_taps import AttentionTaps, DecoderAttention, decoder_attention, feature_layer_taps
+from ._input_checks import MAKE_INPUTS_WITH_PROCESSOR, check_pixel_tiles, check_placeholder_count
 
 __all__ = [
     "ALLOW_UNTESTED_ENV",
@@ -59,10 +61,6 @@ __all__ = [
 #: The way out of every malformed-input error: the processor makes what the model (and vtc's patch of it) expects.
 #: Set to 1 to run on a transformers release newer than an adapter's tested range, with a warning instead of an error.
 ALLOW_UNTESTED_ENV = "VTC_ALLOW_UNTESTED_TRANSFORMERS"
-
-MAKE_INPUTS_WITH_PROCESSOR = ("Make the inputs with the model's processor (the one passed to vtc.compress), "
-                              "return_tensors='pt'.")
-
 
 @dataclass
 class VisionFeatures:
@@ -93,44 +91,6 @@ class VisionFeatures:
 def shift_spans(spans: Sequence[VisualSpan], offset: int) -> SampleLayout:
     """The spans of an image template (starting at 0) moved to start at `offset`."""
     return tuple(VisualSpan(s.start + offset, s.length, s.grid, s.newline) for s in spans)
-
-
-def check_placeholder_count(placeholders: int, visual_tokens: int) -> None:
-    """Raise `PlaceholderMismatchError` unless the prompts hold exactly as many placeholders as visual tokens."""
-    if placeholders != visual_tokens:
-        raise PlaceholderMismatchError(
-            f"the prompts hold {placeholders} image placeholders but the images produce {visual_tokens} visual "
-            "tokens. If vtc changes the token count (PVTC or RVTC), pass the model's processor to "
-            "vtc.compress(model, config, processor=processor) and process the inputs with it."
-        )
-
-
-def check_pixel_tiles(pixel_values: Any, tile: tuple[int, int, int], leading: Sequence[Sequence[str]],
-                      item: str = "tile") -> None:
-    """Raise `InputError` unless `pixel_values` is a tensor `(*names, channels, height, width)` for one of the
-    `leading` axis names, with `tile == (channels, height, width)`, holding at least one item.
-
-    Run before the vision tower, whose own errors (a convolution's channel count, a reshape to the patch grid) would
-    not say what the model expects.
-
-    Args:
-        pixel_values: the pixel values that reached `get_image_features`.
-        tile: `(channels, height, width)` of one input of the vision tower.
-        leading: the accepted leading axes by name, e.g. `(("images", "crops"), ("crops",))`.
-        item: what one input of the vision tower is called ("tile", "crop", ...).
-    """
-    channels, height, width = tile
-    shapes = " or ".join(f"({', '.join(names)}, {channels}, {height}, {width})" for names in leading)
-    expected = (f"pixel_values of shape {shapes}: this model's vision {item} is {height}x{width} pixels with "
-                f"{channels} channels")
-    if not isinstance(pixel_values, torch.Tensor):
-        raise InputError(f"expected {expected}; got a {type(pixel_values).__name__}. {MAKE_INPUTS_WITH_PROCESSOR}")
-    shape = tuple(pixel_values.shape)
-    if pixel_values.dim() not in {len(names) + 3 for names in leading} or shape[-3:] != tuple(tile):
-        raise InputError(f"expected {expected}; got shape {shape}. {MAKE_INPUTS_WITH_PROCESSOR}")
-    if pixel_values.numel() == 0:
-        raise InputError(f"pixel_values of shape {shape} hold no {item}: pass pixel_values=None with a prompt that "
-                         f"has no image. {MAKE_INPUTS_WITH_PROCESSOR}")
 
 
 class FixedPlaceholders:
@@ -464,6 +424,32 @@ class Adapter:
         `replace_image_token`."""
         count = _template_length(self.item_template(self.reference_token_grid))
         ledger.set_attr(processor, "replace_image_token", FixedPlaceholders(processor.image_token, count))
+
+    def check_prune(self, config: PruneConfig) -> None:
+        """Raise `ConfigError` if `config` (a method before the language model other than `downsample`) cannot apply
+        to this model as it is configured. The default serves a `fixed_token_grid` family: one grid per item."""
+        h, w = self.reference_token_grid
+        if self.image_templates({}, h * w) != [(VisualSpan(0, h * w, (h, w)),)]:
+            raise ConfigError("prune", config, f"None for model_type {self.model.config.model_type!r} as it is "
+                              "configured", hint=f"Pruning reads one {h}x{w} token grid per image or tile, and this "
+                              "model's images bring other tokens (e.g. the CLS token of "
+                              "vision_feature_select_strategy='full').")
+        check_keep(config, (h, w), "image (per tile where the model sees tiles)")
+
+    def prune_image_output(self, output: ModelOutput, arguments: Mapping[str, Any], reduce: Any
+                           ) -> list[torch.Tensor] | None:
+        """Reduce the visual tokens of `output` (the model's own `get_image_features` result for the call bound as
+        `arguments`) in place with `reduce(tokens, grid, count, index)` per item (`_install_prune._ItemReducer`);
+        return the items' kept indices, `None` for `pool`. The default serves a `fixed_token_grid` family: each entry
+        of `pooler_output` (a list per image, or a tensor with a row per tile) is one item of `reference_token_grid`.
+        """
+        native, grid = output.pooler_output, self.reference_token_grid
+        count = self.prune_config.kept_count(grid[0] * grid[1])
+        reduced = [reduce(item, grid, count, index) for index, item in enumerate(native)]
+        tokens = [tokens for tokens, _ in reduced]
+        output.pooler_output = torch.stack(tokens) if isinstance(native, torch.Tensor) else type(native)(tokens)
+        kept = [kept for _, kept in reduced]
+        return None if not kept or kept[0] is None else kept
 
     def downsample_install(self, state: Any) -> None:
         """Make `state.processor` give every image a lower resolution or fewer tiles, so that the model natively makes

@@ -23,10 +23,8 @@ from . import _install_llm_prune
 from ._state import VTCState, call_arguments
 from .config import PruneConfig
 from .errors import ConfigError
-from .layout import VisualSpan
 from .prune import (
     attention_received,
-    check_keep,
     divprune_selection,
     merge_contextual,
     pool_grid,
@@ -61,12 +59,7 @@ def validate(config: PruneConfig, adapter: Any) -> None:
                           hint=f"method={config.method!r} is supported on: {', '.join(families) or 'no family'}.")
     if config.method == "downsample":  # its `keep` is per image, checked by the adapter against its tiling
         return
-    h, w = adapter.reference_token_grid
-    if adapter.image_templates({}, h * w) != [(VisualSpan(0, h * w, (h, w)),)]:
-        raise ConfigError("prune", config, f"None for model_type {model_type!r} as it is configured",
-                          hint=f"Pruning reads one {h}x{w} token grid per image or tile, and this model's images "
-                               "bring other tokens (e.g. the CLS token of vision_feature_select_strategy='full').")
-    check_keep(config, (h, w), "image (per tile where the model sees tiles)")
+    adapter.check_prune(config)
     if config.method == "visionzip":
         adapter.feature_layer_attention()  # raises where the model reads no single attention layer
 
@@ -88,8 +81,8 @@ class _PrunedImageFeatures:
     """`get_image_features` under pruning: the model's own method, then each item's tokens reduced.
 
     It returns what the model's own method returns (its class, every tower field, a tuple for `return_dict=False`),
-    with the reduced tokens in `pooler_output` in the structure the model gave (a list per image, or one tensor with
-    a row per tile). A call made for a video runs the original: videos are not pruned.
+    with the reduced tokens where the model gave its own (`Adapter.prune_image_output`). A call made for a video runs
+    the original: videos are not pruned.
     """
 
     def __init__(self, state: VTCState):
@@ -113,56 +106,68 @@ class _PrunedImageFeatures:
             output = original(*args, **{**kwargs, "return_dict": True})
         finally:
             call.prune_capture = outer
-        native = output.pooler_output
-        tokens, kept = self._reduce(list(native), capture)
-        output.pooler_output = torch.stack(tokens) if isinstance(native, torch.Tensor) else type(native)(tokens)
-        call.pruned = kept
+        call.pruned = adapter.prune_image_output(output, arguments, _ItemReducer(self.state, capture))
         return output.to_tuple() if returns_tuple(adapter.base_model, arguments.get("return_dict")) else output
 
-    def _reduce(self, items: list[torch.Tensor], capture: dict[str, torch.Tensor] | None
-                ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-        """Each item's reduced tokens `(count, d)`, and its kept indices (`None` for `pool`)."""
-        adapter, config = self.state.adapter, self.state.config.prune
-        grid = adapter.reference_token_grid
-        native = grid[0] * grid[1]
-        count = config.kept_count(native)
-        if config.method == "pool":
-            shape = pool_grid(grid, count)
-            return [pool_tokens(item.reshape(*grid, -1), shape).flatten(0, 1) for item in items], None
-        if config.method == "visionzip":
-            return self._visionzip(items, capture, count)
-        if config.method == "random":
-            selected = random_selection(native, count, config.seed)
-            kept = [selected] * len(items)
-        else:
-            kept = [divprune_selection(item, count) for item in items]
-        return [item[index.to(item.device)] for item, index in zip(items, kept)], kept
 
-    def _visionzip(self, items: list[torch.Tensor], capture: dict[str, torch.Tensor], count: int):
-        """VisionZip on every item: the dominant tokens as the model projected them, then the contextual tokens,
+class _ItemReducer:
+    """The pruning rule applied to one item (an image, or a tile) at a time, for `Adapter.prune_image_output`.
+
+    `reducer(tokens, grid, count, index)` returns the item's `count` reduced tokens and its kept indices (`None` for
+    `pool`). `tokens` `(n, d)` are the item's projected tokens in placeholder order, `grid` their `(h, w)` token grid
+    (`None` where they form none: `pool` then cannot apply), and `index` the item's row in the tower batch (VisionZip
+    reads that row of the feature layer's attention and of the projector's input).
+    """
+
+    def __init__(self, state: VTCState, capture: dict[str, torch.Tensor] | None):
+        self.state, self.capture = state, capture
+        self._visionzip_inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, tokens: torch.Tensor, grid: tuple[int, int] | None, count: int, index: int
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        config = self.state.config.prune
+        if config.method == "pool":
+            if grid is None:
+                raise ConfigError("prune.method", "pool", "a selection method for these images: their tokens form "
+                                  "no 2-D grid to average", hint="Use method='random' or 'divprune'.")
+            return pool_tokens(tokens.reshape(*grid, -1), pool_grid(grid, count)).flatten(0, 1), None
+        if config.method == "visionzip":
+            return self._visionzip(tokens, count, index)
+        if config.method == "random":
+            kept = random_selection(len(tokens), count, config.seed)
+        else:
+            kept = divprune_selection(tokens, count)
+        return tokens[kept.to(tokens.device)], kept
+
+    def _visionzip(self, tokens: torch.Tensor, count: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """VisionZip on one item: its dominant tokens as the model projected them, then its contextual tokens,
         merged from the projector's inputs and projected by the model's projector."""
         adapter = self.state.adapter
-        taps = adapter.feature_layer_attention()
-        queries, keys, inputs = capture["query"], capture["key"], capture["projector_input"]
-        has_cls = adapter.vision_has_cls
-        grid, window = adapter.reference_token_grid, adapter.projector_window
-        patch_grid = (grid[0] * window[0], grid[1] * window[1])
-        scores = window_reduce(attention_received(queries, keys, taps.num_heads, taps.scale, cls=has_cls),
-                               patch_grid, window, "sum")
-        metric = keys.reshape(*keys.shape[:2], taps.num_heads, -1).mean(dim=2)[:, int(has_cls):]
-        metric = window_reduce(metric, patch_grid, window, "mean")
-        inputs = inputs.reshape(len(items), -1, inputs.shape[-1])
-        dominant, contextual = visionzip_counts(count, grid[0] * grid[1])
-        tokens, kept = [], []
-        for i, item in enumerate(items):
-            selection = visionzip_selection(scores[i], metric[i], dominant, contextual)
-            parts = [item[selection.dominant]]
-            if contextual:
-                merged = merge_contextual(inputs[i], selection)
-                parts.append(adapter.projector(merged[None])[0].to(item.dtype))
-            tokens.append(torch.cat(parts))
-            kept.append(torch.cat([selection.dominant, selection.targets]))
-        return tokens, kept
+        scores, metric, inputs = self._visionzip_batch()
+        dominant, contextual = visionzip_counts(count, len(tokens))
+        selection = visionzip_selection(scores[index], metric[index], dominant, contextual)
+        parts = [tokens[selection.dominant]]
+        if contextual:
+            merged = merge_contextual(inputs[index], selection)
+            parts.append(adapter.projector(merged[None])[0].to(tokens.dtype))
+        return torch.cat(parts), torch.cat([selection.dominant, selection.targets])
+
+    def _visionzip_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per tower row, once per call: the attention each token received, the keys' head-mean (the merge
+        metric), both reduced to projector windows, and the projector's inputs."""
+        if self._visionzip_inputs is None:
+            adapter, capture = self.state.adapter, self.capture
+            taps = adapter.feature_layer_attention()
+            queries, keys, inputs = capture["query"], capture["key"], capture["projector_input"]
+            has_cls = adapter.vision_has_cls
+            grid, window = adapter.reference_token_grid, adapter.projector_window
+            patch_grid = (grid[0] * window[0], grid[1] * window[1])
+            scores = window_reduce(attention_received(queries, keys, taps.num_heads, taps.scale, cls=has_cls),
+                                   patch_grid, window, "sum")
+            metric = keys.reshape(*keys.shape[:2], taps.num_heads, -1).mean(dim=2)[:, int(has_cls):]
+            metric = window_reduce(metric, patch_grid, window, "mean")
+            self._visionzip_inputs = scores, metric, inputs.reshape(len(scores), -1, inputs.shape[-1])
+        return self._visionzip_inputs
 
 
 def install(model: nn.Module, state: VTCState) -> None:
