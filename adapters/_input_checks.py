@@ -22,7 +22,7 @@ def check_placeholder_count(placeholders: int, visual_tokens: int) -> None:
     if placeholders != visual_tokens:
         raise PlaceholderMismatchError(
             f"the prompts hold {placeholders} image placeholders but the images produce {visual_tokens} visual "
-            "tokens. If vtc changes the token count (PVTC or RVTC), pass the model's processor to "
+            "tokens. If vtc changes the token count (PVTC, RVTC or pruning before the language model), pass the model's processor to "
             "vtc.compress(model, config, processor=processor) and process the inputs with it."
         )
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from ._decoder_hooks import (
     ShortenedLayerSwap,
@@ -48,10 +49,12 @@ from .llm_prune import dart_selection, last_token_attention, top_indices
 from .ops import Selection, extend_mask, keep_selection, scatter_selected, select_positions, selected_mask
 from .seams import cache_argument, causal_mask
 
-__all__ = ["PREFILL_ATTR", "PruneStep", "PrunedPrefill", "install", "validate"]
+__all__ = ["PREFILL_ATTR", "SELECT_RANGE", "PruneStep", "PrunedPrefill", "install", "validate"]
 
 #: Where a pruned prefill leaves its `PrunedPrefill` on the KV cache it filled.
 PREFILL_ATTR = "_vtc_prune_prefill"
+#: The profiler range of a stage's ranking and selection (what `benchmarks/prune_speed.py` reports as its own work).
+SELECT_RANGE = "vtc_prune_select"
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,8 @@ class _Controller(ShortenedLayerSwap):
         else:
             step.full = scatter_selected(step.full, hidden, step.selection)
         with torch.no_grad():
-            chosen = self._choose(index, hidden, step)
+            with record_function(SELECT_RANGE):
+                chosen = self._choose(index, hidden, step)
         step.taps = {}  # read once, at the first stage
         keep = (torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if step.selection is None
                 else step.selection.valid.clone())
