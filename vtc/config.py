@@ -295,6 +295,10 @@ class PruneConfig(ConfigIO):
                 hint = "Give a whole number of tokens as an int." if keep >= 1.0 and keep.is_integer() else None
                 raise ConfigError("keep", self.keep, allowed, hint=hint)
             set_normalised(self, "keep", keep)
+            # The fraction as written (its shortest decimal): 0.1 of 30 tokens is 3, where the binary float gives 4.
+            # Kept as two ints so that `kept_count` is integer arithmetic, which `torch.compile` folds into constants.
+            written = Fraction(repr(keep))
+            object.__setattr__(self, "_keep_ratio", (written.numerator, written.denominator))
         seed = check_int("seed", self.seed, "an int with 0 <= seed < 2**63", minimum=0, maximum=2**63 - 1)
         if seed and self.method != "random":
             # Accepting it would let a user believe the selection varies with the seed.
@@ -373,8 +377,8 @@ class PruneConfig(ConfigIO):
         """
         if isinstance(self.keep, int):
             return self.keep
-        # The fraction as written (its shortest decimal): 0.1 of 30 tokens is 3, where the binary float gives 4.
-        return max(1, math.ceil(Fraction(repr(self.keep)) * native))
+        numerator, denominator = self._keep_ratio
+        return max(1, -(-numerator * native // denominator))
 
 
 # ---- the composition ---------------------------------------------------------------------------------------------

@@ -145,15 +145,18 @@ def divprune_selection(features: torch.Tensor, count: int) -> torch.Tensor:
     x = features.float()
     normed = x / x.norm(dim=1, keepdim=True)
     distance = 1.0 - normed @ normed.T
+    tokens = torch.arange(n, device=features.device)
     picked = torch.zeros(n, dtype=torch.bool, device=features.device)
     selected = torch.empty(count, dtype=torch.long, device=features.device)
     score = distance.topk(2, dim=0, largest=False).values[1]
     nearest = None
-    for i in range(count):
-        index = torch.argmax(score)
-        selected[i], picked[index] = index, True
+    for i in range(count):  # tensor ops only (no index read on the host): `torch.compile` traces it whole
+        index = torch.argmax(score, dim=0, keepdim=True)
+        selected[i:i + 1] = index
+        picked = picked | (tokens == index)
         # the distance to the nearest picked token: the official `min` over the picked rows, kept as a running minimum
-        nearest = distance[index] if nearest is None else torch.minimum(nearest, distance[index])
+        row = distance.index_select(0, index)[0]
+        nearest = row if nearest is None else torch.minimum(nearest, row)
         score = nearest.masked_fill(picked, float("-inf"))
     return selected.sort().values
 

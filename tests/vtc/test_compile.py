@@ -49,6 +49,9 @@ CONFIGS = {
     "lvtc": vtc.VTCConfig(lvtc=LVTC),
     "pvtc+lvtc": vtc.VTCConfig(pvtc=PVTC, lvtc=LVTC),
     "lvtc+rvtc": vtc.VTCConfig(lvtc=LVTC, rvtc=vtc.RVTCConfig(mode="area", max_tiles=4)),
+    "divprune": vtc.VTCConfig(prune=vtc.PruneConfig(method="divprune", keep=0.5)),
+    "visionzip": vtc.VTCConfig(prune=vtc.PruneConfig(method="visionzip", keep=0.5)),
+    "fastv": vtc.VTCConfig(prune=vtc.PruneConfig(method="fastv", keep=0.5)),
 }
 
 
@@ -248,11 +251,19 @@ def test_the_unpatched_model_compiles_without_recompiling_per_step(family):
     ("qwen2_vl", "lvtc+rvtc"),  # LVTC on M-RoPE positions; RVTC's tiling
     ("qwen3_vl", "pvtc"),  # DeepStack features at PVTC's grid
     ("qwen3_vl", "lvtc"),  # a layer loop that runs eagerly: the hooks must not compile as graphs of their own
+    ("llava", "divprune"),  # a greedy loop of tensor ops before the language model
+    ("llava", "fastv"),  # an attention row inside the decoder, from tapped queries and keys
 ])
 def test_compiled_component_matches_eager_without_more_graphs_or_recompiles(family, component):
     run = Run(family, CONFIGS[component])
     run.check_outputs()
     _check_compile_friendly(run, _unpatched(family))
+
+
+def test_visionzip_compiles_to_the_eager_outputs():
+    """VisionZip's merge has data-dependent shapes (each contextual token merges a count of tokens only the features
+    tell): dynamo breaks the graph around it, and the compiled model still computes what the eager one does."""
+    Run("llava", CONFIGS["visionzip"]).check_outputs()
 
 
 def test_inductor_prefill_matches_eager():
