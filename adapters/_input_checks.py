@@ -16,14 +16,15 @@ MAKE_INPUTS_WITH_PROCESSOR = ("Make the inputs with the model's processor (the o
                               "return_tensors='pt'.")
 
 
-
 def check_placeholder_count(placeholders: int, visual_tokens: int) -> None:
     """Raise `PlaceholderMismatchError` unless the prompts hold exactly as many placeholders as visual tokens."""
     if placeholders != visual_tokens:
         raise PlaceholderMismatchError(
             f"the prompts hold {placeholders} image placeholders but the images produce {visual_tokens} visual "
-            "tokens. If vtc changes the token count (PVTC, RVTC or pruning before the language model), pass the model's processor to "
-            "vtc.compress(model, config, processor=processor) and process the inputs with it."
+            "tokens. If vtc changes the token count (PVTC, RVTC or pruning before the language model), pass the "
+            "model's processor to vtc.compress(model, config, processor=processor) and process the inputs with it. "
+            "A chunked prefill (generate's prefill_chunk_size) splits an image's placeholders: a compressed model "
+            "takes the prompt in one prefill."
         )
 
 

@@ -414,6 +414,9 @@ class Adapter:
     # ------------------------------------------------------------------------------------------------- pruning
     #: The `vtc.PruneConfig` methods this family supports; `vtc.compress` refuses the others with a `ConfigError`.
     prune_methods: ClassVar[tuple[str, ...]] = ()
+    #: Why a method outside `prune_methods` is left out on this family, where a reason is known: the `ConfigError`
+    #: that refuses it says so.
+    prune_refusals: ClassVar[dict[str, str]] = {}
     #: The pruning config while pruning reduces the model's tokens, else `None`; set by pruning through the ledger.
     prune_config: PruneConfig | None = None
 
@@ -450,6 +453,11 @@ class Adapter:
         output.pooler_output = torch.stack(tokens) if isinstance(native, torch.Tensor) else type(native)(tokens)
         kept = [kept for _, kept in reduced]
         return None if not kept or kept[0] is None else kept
+
+    def patch_model_for_prune(self, state: Any) -> None:
+        """Patch whatever else in the model must see the pruned tokens (e.g. a position index), recording every change
+        in `state.ledger`; called for the methods that reduce the model's tokens, after `get_image_features` is
+        taken over."""
 
     def downsample_install(self, state: Any) -> None:
         """Make `state.processor` give every image a lower resolution or fewer tiles, so that the model natively makes

@@ -36,6 +36,7 @@ from vtc.registry import register_adapter
 from vtc.rvtc import check_budget, tile_token_grid
 from vtc.seams import hidden_states_request
 
+from ._anyres_prune import AnyResPruning
 from ._per_image import attribute_swap_lock, concatenate_outputs, consecutive_runs, swapped_attribute
 from ._pinpoints import PinpointPlan
 from .base import (
@@ -174,7 +175,7 @@ class LlavaAdapter(LlavaLikeAdapter):
         return [template] * num_images
 
 
-class _AnyResAdapter(LlavaLikeAdapter):
+class _AnyResAdapter(AnyResPruning, LlavaLikeAdapter):
     """LLaVA-NeXT and OneVision: a base crop plus high-resolution crops packed into one unpadded grid."""
 
     dynamic_resolution = True
@@ -301,6 +302,8 @@ class _AnyResAdapter(LlavaLikeAdapter):
                 "full output (pixel_values and image_sizes) to the model"
             )
         crops = self._crops_per_image(image_inputs)
+        if self.prune_config is not None:
+            return self.pruned_templates(image_inputs["image_sizes"], crops)
         # Pack 1-channel zeros with a newline of ones: the packed sequence shows exactly where the grid cells and the
         # newline tokens are, with no re-derivation of unpadding or resizing. Without PVTC the packing is the
         # model's own.
@@ -312,6 +315,13 @@ class _AnyResAdapter(LlavaLikeAdapter):
             h, w = self.token_grid_under_pvtc(self.patch_grid)
             packed = self._pack_grids(self._pvtc_grids(image_inputs), image_inputs["image_sizes"], torch.ones(1))
         return [self._template_from_probe(p[:, 0], n, (h, w)) for p, n in zip(packed, crops)]
+
+    def native_template(self, image_size, num_crops: int) -> SampleLayout:
+        """One image's native template from the packing arithmetic of `_pack_grids` (no model run): what pruning
+        budgets from, in the processor and in the model alike."""
+        h, w = self.patch_grid
+        packed = self._pack_grids([torch.zeros(num_crops, h, w, 1)], [image_size], torch.ones(1))[0]
+        return self._template_from_probe(packed[:, 0], num_crops, (h, w))
 
     def _template_from_probe(self, probe: torch.Tensor, num_crops: int, grid: tuple[int, int]) -> SampleLayout:
         h, w = grid
@@ -325,12 +335,13 @@ class _AnyResAdapter(LlavaLikeAdapter):
         return base + (VisualSpan(h * w, rows * (cols + 1), (rows, cols), newline=True),)
 
     # ------------------------------------------------------------------------------------------------- RVTC
-    #: The pinpoints RVTC allows each image (a `PinpointPlan`), or `None` when RVTC is off; set through the ledger.
+    #: The pinpoints each image may use under RVTC (a `PinpointPlan`) or `downsample` (a `DownsamplePinpoints`), else
+    #: `None`; set through the ledger.
     rvtc_pinpoints: PinpointPlan | None = None
 
     def grid_pinpoints_for(self, image_size) -> list[list[int]]:
         """The resolutions `[height, width]` an image of `image_size` `(height, width)` may be tiled to: the config's
-        `image_grid_pinpoints`, or under RVTC that image's own candidates."""
+        `image_grid_pinpoints`, or under RVTC or `downsample` that image's own candidates."""
         if self.rvtc_pinpoints is None:
             return self.model.config.image_grid_pinpoints
         height, width = (int(v) for v in image_size)
@@ -350,17 +361,21 @@ class _AnyResAdapter(LlavaLikeAdapter):
         The model reads the candidates from its config, which is swapped per run of images under a lock: threads
         sharing the model take turns through the vision encoder while RVTC is on.
         """
-        config, ledger, processor = state.config.rvtc, state.ledger, state.processor
-        crop = self.model.config.vision_config.image_size
+        config, crop = state.config.rvtc, self.model.config.vision_config.image_size
         tile_size = config.tile_size or crop
         gh, gw = tile_token_grid(self.patch_grid, state.config.pvtc)
         # An upper bound of one crop's tokens: its cells (unpadding only removes some) and a newline per row.
         tokens_per_crop = gh * gw + gh + int(self.keeps_cls_token)
         check_budget(config, tile_size, tokens_per_crop, thumbnail="always")
         native = [list(p) for p in self.model.config.image_grid_pinpoints]
+        self.restrict_pinpoints(state, PinpointPlan(config, tile_size, tokens_per_crop, native, crop))
 
+    def restrict_pinpoints(self, state: Any, plan: Any) -> None:
+        """Give every image the pinpoints `plan(height, width)` allows it, in the image processor, the processor's
+        placeholder count and the model (RVTC's tiling, pruning's `downsample`)."""
+        ledger, processor = state.ledger, state.processor
         image_patches = self._rvtc_image_patches_seam(processor.image_processor)
-        ledger.set_attr(self, "rvtc_pinpoints", PinpointPlan(config, tile_size, tokens_per_crop, native, crop))
+        ledger.set_attr(self, "rvtc_pinpoints", plan)
         view = self.detached()
         ledger.replace_method(processor.image_processor, image_patches, view.rvtc_image_patches)
         ledger.replace_method(processor, "_get_number_of_features", view.rvtc_number_of_features)

@@ -18,19 +18,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import transformers
 from einops import rearrange
-from packaging.version import Version
 from torch import nn
-from transformers.image_utils import SizeDict
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.utils import ModelOutput
 from transformers.vision_utils import get_vision_window_index
 
-from vtc.config import RVTCConfig
-from vtc.errors import ConfigError, InputError, PlaceholderMismatchError, UnsupportedModelError
+from vtc.config import PruneConfig, RVTCConfig
+from vtc.errors import ConfigError, InputError, PlaceholderMismatchError
 from vtc.layout import SampleLayout, VisualSpan
 from vtc.ops import average_token_windows, pooled_grid
 from vtc.patch import PatchLedger
@@ -38,7 +35,10 @@ from vtc.registry import register_adapter
 from vtc.rvtc import check_budget, plan_tiles, tile_token_grid
 from vtc.seams import output_without
 
-from .base import MAKE_INPUTS_WITH_PROCESSOR, Adapter, VisionFeatures, check_placeholder_count
+from ._attention_taps import AttentionTaps
+from ._qwen_pixels import DownsamplePixels, PixelBounds, check_downsample_keep, pixel_bounded_processor
+from ._qwen_prune import PrunedRopeIndex, VisionZipInputs, prune_images
+from .base import MAKE_INPUTS_WITH_PROCESSOR, Adapter, VisionFeatures, check_placeholder_count, shift_spans
 
 __all__ = ["Qwen2VLAdapter", "Qwen2_5_VLAdapter", "Qwen3VLAdapter"]
 
@@ -82,7 +82,7 @@ class Qwen2VLAdapter(Adapter):
         with its hidden states."""
         return {"merger": output.last_hidden_state}
 
-    def _to_merge_order(self, rows: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    def to_merge_order(self, rows: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Undo any reordering the tower applied before its merger (identity here; windows in Qwen2.5-VL)."""
         return rows
 
@@ -99,7 +99,7 @@ class Qwen2VLAdapter(Adapter):
         output = self.visual(pixel_values.to(self.visual.dtype), grid_thw=grid_thw, return_dict=True,
                              output_hidden_states=True if self.reads_tower_hidden_states else output_hidden_states,
                              **flags)
-        per_name = {name: self._to_grids(self._to_merge_order(rows, grid_thw), grids)
+        per_name = {name: self._to_grids(self.to_merge_order(rows, grid_thw), grids)
                     for name, rows in self._merger_inputs(output).items()}
         patches = per_name.pop("merger")
         extra = {"deepstack": [per_name[k] for k in sorted(per_name)]} if per_name else {}
@@ -122,7 +122,7 @@ class Qwen2VLAdapter(Adapter):
             raise InputError(f"expected image_grid_thw of shape (images, 3) with at least one image next to "
                              f"pixel_values, got {got}: pass the processor's full output (pixel_values and "
                              f"image_grid_thw) to the model. {MAKE_INPUTS_WITH_PROCESSOR}")
-        grids = [self._check_image_grid(g) for g in grid_thw.tolist()]
+        grids = [self.check_image_grid(g) for g in grid_thw.tolist()]
         vc = self.model.config.vision_config
         row = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
         patches = sum(h * w for h, w in grids)
@@ -137,7 +137,7 @@ class Qwen2VLAdapter(Adapter):
             )
         return grids
 
-    def _check_image_grid(self, grid: list[int]) -> tuple[int, int]:
+    def check_image_grid(self, grid: list[int]) -> tuple[int, int]:
         t, h, w = grid
         if t != 1:
             raise InputError(f"an image grid_thw must have t=1, got {grid}: pass a video as pixel_values_videos with "
@@ -198,11 +198,12 @@ class Qwen2VLAdapter(Adapter):
             return None
         return max(1, max_pixels // self.rvtc_factor**2)
 
-    def _grid_thw_under_pvtc(self, grid_thw: torch.Tensor) -> torch.Tensor:
-        """`image_grid_thw` (patch units) of images whose merged grid is PVTC's token grid."""
+    def _pooled_grid_thw(self, grid_thw: torch.Tensor) -> torch.Tensor:
+        """`image_grid_thw` (patch units) of images whose merged grid is the language-token grid `item_template`
+        gives them (PVTC's or `pool`'s pooled grid)."""
         m, rows = self.merge_size, []
         for t, h, w in grid_thw.tolist():
-            gh, gw = self.token_grid_under_pvtc((h // m, w // m))
+            gh, gw = self.item_template((h // m, w // m))[0].grid
             rows.append([t, gh * m, gw * m])
         return torch.tensor(rows, dtype=grid_thw.dtype, device=grid_thw.device).reshape(-1, 3)
 
@@ -215,10 +216,10 @@ class Qwen2VLAdapter(Adapter):
         ledger.replace_method(self.base_model, "get_rope_index", self.pvtc_rope_index)
 
     def _checked_pooled_grid_thw(self, grid_thw: torch.Tensor, input_ids: torch.Tensor | None) -> torch.Tensor:
-        """The grids under PVTC, once the prompt's placeholders are known to match them. `generate` builds positions
+        """The pooled grids, once the prompt's placeholders are known to match them. `generate` builds positions
         before the first forward: this is the first place a prompt processed without the patched processor shows,
         and the index would fail with an opaque shape error."""
-        grid_thw = self._grid_thw_under_pvtc(grid_thw)
+        grid_thw = self._pooled_grid_thw(grid_thw)
         if input_ids is not None:
             placeholders = int((input_ids == self.image_token_id).sum())
             check_placeholder_count(placeholders, int(grid_thw.prod(-1).sum()) // self.merge_size**2)
@@ -228,7 +229,7 @@ class Qwen2VLAdapter(Adapter):
     # `torch.compile` (one graph break, where tracing the index alone breaks twice and the check once more).
     @torch.compiler.disable
     def pvtc_rope_index(self, original, *args, **kwargs):
-        """`get_rope_index` on the pooled grids."""
+        """`get_rope_index` on the pooled grids (PVTC's, or `pool`'s)."""
         bound = inspect.signature(original).bind(*args, **kwargs)
         grid_thw = bound.arguments.get("image_grid_thw")
         if grid_thw is not None:
@@ -236,13 +237,14 @@ class Qwen2VLAdapter(Adapter):
         return original(*bound.args, **bound.kwargs)
 
     def patch_processor_for_pvtc(self, processor: Any, ledger: PatchLedger) -> None:
-        placeholders = functools.partial(self.detached().pvtc_placeholders, processor.image_token)
+        placeholders = functools.partial(self.detached().image_placeholders, processor.image_token)
         ledger.set_attr(processor, "replace_image_token", placeholders)
 
-    def pvtc_placeholders(self, token: str, image_inputs: dict, image_idx: int, **kwargs: Any) -> str:
-        """The processor's `replace_image_token` under PVTC: one placeholder per token of the pooled grid."""
-        t, h, w = self._grid_thw_under_pvtc(image_inputs["image_grid_thw"][image_idx][None])[0].tolist()
-        return token * (t * h * w // self.merge_size**2)
+    def image_placeholders(self, token: str, image_inputs: dict, image_idx: int, **kwargs: Any) -> str:
+        """The processor's `replace_image_token` under PVTC or pruning: one placeholder per token of the image's
+        template (`image_templates`, from the one count function `item_template`)."""
+        template, = self.image_templates({"image_grid_thw": image_inputs["image_grid_thw"][image_idx][None]}, 0)
+        return token * max(span.end for span in template)
 
     # ------------------------------------------------------------------------------------------------- layout
     def image_templates(self, image_inputs: Mapping[str, Any], num_placeholders: int) -> list[SampleLayout]:
@@ -254,9 +256,18 @@ class Qwen2VLAdapter(Adapter):
             )
         m, templates = self.merge_size, []
         for t, h, w in grid_thw.tolist():
-            hm, wm = self.token_grid_under_pvtc((h // m, w // m))
-            templates.append(tuple(VisualSpan(i * hm * wm, hm * wm, (hm, wm)) for i in range(t)))
+            template = self.item_template((h // m, w // m))
+            length = max(span.end for span in template)
+            templates.append(tuple(span for i in range(t) for span in shift_spans(template, i * length)))
         return templates
+
+    def item_template(self, grid: tuple[int, int]) -> SampleLayout:
+        # Every image has its own grid: an int `keep` above an image's tokens keeps all of them.
+        template = super().item_template(grid)
+        native = grid[0] * grid[1]
+        if self.prune_config is not None and max(span.end for span in template) > native:
+            return (VisualSpan(0, native, None),)
+        return template
 
     # ------------------------------------------------------------------------------------------------- RVTC
     #: Language tokens per side of the default RVTC tile: 16 x 16 tokens, the tile of InternVL (448 px at patch 14
@@ -285,13 +296,7 @@ class Qwen2VLAdapter(Adapter):
         needs no change: both sides read the resized grid from `image_grid_thw`.
         """
         config, ledger = state.config.rvtc, state.ledger
-        image_processor = state.processor.image_processor
-        if not (callable(getattr(image_processor, "resize", None))
-                and callable(getattr(image_processor, "get_number_of_image_patches", None))):
-            raise UnsupportedModelError(
-                "RVTC needs the Qwen-VL image processor (`smart_resize` per image), got "
-                f"{type(image_processor).__name__}"
-            )
+        image_processor = pixel_bounded_processor(state.processor, "RVTC")
         factor, tile_size = self.rvtc_factor, self.rvtc_tile_size(config)
         if tile_size % factor:
             lower, upper = tile_size // factor * factor or factor, (tile_size // factor + 1) * factor
@@ -305,8 +310,62 @@ class Qwen2VLAdapter(Adapter):
         ledger.replace_method(image_processor, "resize", budget.resize)
         ledger.replace_method(image_processor, "get_number_of_image_patches", budget.get_number_of_image_patches)
 
+    # ------------------------------------------------------------------------------------------------- pruning
+    # `keep` is per image (each has its own grid); `adapters/_qwen_prune.py` gives the positions and VisionZip.
+    prune_methods = ("downsample", "pool", "random", "divprune", "visionzip")
 
-class _PixelBudget:
+    def check_prune(self, config: PruneConfig) -> None:
+        # No grid is common to every image: an int `keep` above an image's tokens keeps all of them (`item_template`),
+        # and one above the most the processor gives any image is refused where the processor is known.
+        pass
+
+    def patch_processor_for_prune(self, processor: Any, ledger: PatchLedger) -> None:
+        check_downsample_keep(self.prune_config, self.max_tokens_per_image(processor))
+        self.patch_processor_for_pvtc(processor, ledger)  # the same per-image count, from `item_template`
+
+    def patch_model_for_prune(self, state: Any) -> None:
+        method, ledger = state.config.prune.method, state.ledger
+        if method == "pool":  # the pooled grids' positions, as under PVTC
+            ledger.replace_method(self.base_model, "get_rope_index", self.pvtc_rope_index)
+            return
+        positions = PrunedRopeIndex(state)
+        ledger.replace_method(self.base_model, "get_rope_index", positions.get_rope_index)
+        if method != "random":  # a selection made from the features: `generate` makes positions before it
+            ledger.add_forward_pre_hook(self.language_model, positions.before_language_model,
+                                        "pruning: the kept tokens' positions once the selection is made",
+                                        with_kwargs=True)
+        if method == "visionzip":
+            ledger.add_forward_pre_hook(self.visual.blocks[-1].attn,
+                                        VisionZipInputs(state, "attention_inputs").attention_inputs,
+                                        "VisionZip: the last block's segments and rotary embedding", with_kwargs=True)
+            for k, merger in enumerate(self._deepstack_mergers()):
+                ledger.add_forward_pre_hook(merger, VisionZipInputs(state, f"deepstack_{k}").merger_input,
+                                            f"VisionZip: DeepStack merger {k}'s input")
+
+    def feature_layer_attention(self) -> AttentionTaps:
+        # The merger reads the last block; its attention computes queries and keys in one `qkv` projection (both
+        # taps copy its output) and rotates them by the vision rotary embedding (`VisionZipInputs` copies it).
+        attention = self.visual.blocks[-1].attn
+        return AttentionTaps(attention.qkv, attention.qkv, attention.num_heads, attention.scaling)
+
+    def _deepstack_mergers(self) -> list[nn.Module]:
+        return list(getattr(self.visual, "deepstack_merger_list", ()))
+
+    def prune_image_output(self, output: ModelOutput, arguments: Mapping[str, Any], reduce: Any
+                           ) -> list[torch.Tensor] | None:
+        return prune_images(self, output, arguments["image_grid_thw"], reduce)
+
+    def downsample_install(self, state: Any) -> None:
+        """Give every image a smaller `max_pixels` (`DownsamplePixels`); only the image processor changes."""
+        config, ledger = state.config.prune, state.ledger
+        image_processor = pixel_bounded_processor(state.processor, "prune method='downsample'")
+        check_downsample_keep(config, self.max_tokens_per_image(state.processor))
+        pixels = DownsamplePixels(config, self.rvtc_factor)
+        ledger.replace_method(image_processor, "resize", pixels.resize)
+        ledger.replace_method(image_processor, "get_number_of_image_patches", pixels.get_number_of_image_patches)
+
+
+class _PixelBudget(PixelBounds):
     """Per image, the `(min_pixels, max_pixels)` RVTC allows it (see `Qwen2VLAdapter.rvtc_install`), applied to the
     image processor's `resize` and to its placeholder count alike."""
 
@@ -335,23 +394,6 @@ class _PixelBudget:
             max_pixels = min(max_pixels - 1, max(factor * factor, max_pixels * config.max_visual_tokens // tokens))
         return min(min_pixels, max_pixels), max_pixels
 
-    def resize(self, original, *args, **kwargs):
-        signature = inspect.signature(original)
-        image_name = next(iter(signature.parameters))  # `image` (PIL backend) or `images` (torchvision backend)
-        bound = signature.bind(*args, **kwargs)
-        size = bound.arguments["size"]
-        if getattr(size, "shortest_edge", None) and getattr(size, "longest_edge", None):
-            height, width = bound.arguments[image_name].shape[-2:]  # channels-first in both backends
-            min_pixels, max_pixels = self.pixels(height, width, size.shortest_edge, size.longest_edge)
-            bound.arguments["size"] = SizeDict(shortest_edge=min_pixels, longest_edge=max_pixels)
-        return original(*bound.args, **bound.kwargs)
-
-    def get_number_of_image_patches(self, original, height: int, width: int, images_kwargs: dict | None = None) -> int:
-        images_kwargs = dict(images_kwargs or {})
-        bounds = _pixel_bounds(images_kwargs, original.__self__.size)
-        min_pixels, max_pixels = self.pixels(height, width, *bounds)
-        return original(height, width, _with_pixel_bounds(images_kwargs, min_pixels, max_pixels))
-
 
 def _hidden_states_as_asked(output: ModelOutput, asked: bool | Sequence[int]) -> ModelOutput:
     """A tower output that holds every hidden state, as the tower returns it for the caller's `output_hidden_states`:
@@ -366,31 +408,11 @@ def _hidden_states_as_asked(output: ModelOutput, asked: bool | Sequence[int]) ->
     return output
 
 
-# transformers 5.25 reads an image's pixel bounds from `images_kwargs["size"]` and deprecates `min_pixels` /
-# `max_pixels` there; earlier releases read only `min_pixels` / `max_pixels`.
-_BOUNDS_IN_SIZE = Version(transformers.__version__) >= Version("5.25")
-
-
-def _pixel_bounds(images_kwargs: Mapping[str, Any], default_size: Mapping[str, int]) -> tuple[int, int]:
-    """The `(min_pixels, max_pixels)` that `images_kwargs` asks for, else the image processor's own."""
-    size = images_kwargs.get("size") or default_size
-    return (images_kwargs.get("min_pixels", size["shortest_edge"]),
-            images_kwargs.get("max_pixels", size["longest_edge"]))
-
-
-def _with_pixel_bounds(images_kwargs: dict[str, Any], min_pixels: int, max_pixels: int) -> dict[str, Any]:
-    """`images_kwargs` with its pixel bounds replaced, in the form the installed transformers reads."""
-    rest = {k: v for k, v in images_kwargs.items() if k not in ("min_pixels", "max_pixels", "size")}
-    if _BOUNDS_IN_SIZE:
-        return {**rest, "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
-    return {**rest, "min_pixels": min_pixels, "max_pixels": max_pixels}
-
-
 @register_adapter("qwen2_5_vl")
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     model_class_names = ("Qwen2_5_VLForConditionalGeneration",)
 
-    def _to_merge_order(self, rows: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    def to_merge_order(self, rows: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         visual = self.visual
         window_index, _ = get_vision_window_index(
             grid_thw, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
@@ -399,6 +421,14 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
         unit = visual.spatial_merge_unit
         blocks = rows.reshape(-1, unit, rows.shape[-1])[torch.argsort(window_index.to(rows.device))]
         return blocks.reshape(rows.shape)
+
+    def check_prune(self, config: PruneConfig) -> None:
+        last = len(self.visual.blocks) - 1
+        if config.method == "visionzip" and last not in self.visual.fullatt_block_indexes:
+            raise ConfigError("prune.method", "visionzip", "another method for this model: its last vision block "
+                              "attends within windows, not over each image",
+                              hint=f"VisionZip scores each image's tokens at the last block; fullatt_block_indexes="
+                                   f"{self.visual.fullatt_block_indexes} does not list block {last}.")
 
 
 @register_adapter("qwen3_vl")

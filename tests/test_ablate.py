@@ -33,7 +33,7 @@ def test_ablate_scores_the_grid_on_a_reference_model_and_writes_rows_and_picture
     assert "latency of models this small measures Python overhead, not compute" in out  # the legend
     assert "FLOPs rel      analytic prefill FLOPs" in out
     assert out.count("skipped llava rvtc-edge: ") == 1  # once, not once per task
-    assert (out_dir / "pareto.png").stat().st_size > 10_000
+    assert (out_dir / "pareto.png").stat().st_size > 10_000 and (out_dir / "report.md").is_file()
 
     rows = {(r["task"], r["config_name"]): r for r in map(json.loads, (out_dir / "ablate.jsonl").read_text().splitlines())}
     assert {task for task, _ in rows} == set(vtc.tasks.available())
@@ -43,6 +43,7 @@ def test_ablate_scores_the_grid_on_a_reference_model_and_writes_rows_and_picture
     assert pooled["accuracy"] < baseline["accuracy"] - 0.5  # pooling 2x2 cells destroys the fine task
     assert baseline["visual_tokens"] == 36 and pooled["visual_tokens"] == 9
     assert baseline["flops_rel"] == 1.0 and pooled["flops_rel"] < 1.0 and pooled["n"] == 8
+    assert baseline["accuracy_rel"] == 1.0 and pooled["accuracy_rel"] == pooled["accuracy"] / baseline["accuracy"]
     assert rows["grid-readout", "rvtc-edge"]["accuracy"] is None and rows["grid-readout", "rvtc-edge"]["skipped"]
     assert baseline["latency_ms"] is None
     with (out_dir / "ablate.csv").open() as f:
@@ -60,8 +61,8 @@ def test_ablate_scores_and_times_a_checkpoint_folder_on_its_data(tmp_path, capsy
     assert err == "" and "prefill ms" in out and "Python overhead" not in out
     rows = {r["config_name"]: r for r in map(json.loads, (out_dir / "ablate.jsonl").read_text().splitlines())}
     assert rows.keys() == {"baseline", "pvtc-r4"}
-    columns = ["family", "task", "config_name", "config", "n", "accuracy", "visual_tokens", "prefill_flops",
-               "flops_rel", "latency_ms", "latency_rel", "kv_cache_mb", "peak_mem_mb", "skipped", "trained", "run"]
+    columns = ["family", "task", "config_name", "config", "n", "accuracy", "accuracy_rel", "visual_tokens",
+               "prefill_flops", "flops_rel", "latency_ms", "latency_rel", "kv_cache_mb", "peak_mem_mb", "skipped", "trained", "run"]
     assert all(list(row) == [*columns, "environment"] for row in rows.values())
     with (out_dir / "ablate.csv").open() as f:
         assert next(csv.reader(f)) == columns
@@ -132,7 +133,7 @@ def test_measure_configs_reports_tokens_layer_lengths_and_relative_costs():
             if name != "pvtc-r4+lvtc-r4" and (not name.endswith("-0.25") or name == "divprune-0.25")}
     llava, qwen = measure_tiny("llava", grid, batch=2), measure_tiny("qwen2_vl", grid, batch=2)
     assert llava["divprune-0.25"].sample_visual_tokens == [16, 16] and llava["divprune-0.25"].flops_rel < 1.0
-    assert "qwen2_vl" in qwen["divprune-0.25"].skipped  # a family pruning does not support yet: a skipped row
+    assert qwen["divprune-0.25"].sample_visual_tokens == [4, 9] and qwen["divprune-0.25"].skipped is None  # per image
     assert llava["baseline"].sample_visual_tokens == [64, 64] and llava["baseline"].n == 2
     assert llava["baseline"].visual_tokens == 64 and llava["baseline"].task is None  # the mean; no task, a batch
     assert qwen["baseline"].sample_visual_tokens == [16, 35]

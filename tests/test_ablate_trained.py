@@ -208,14 +208,14 @@ def test_a_trained_row_is_named_by_the_grid_row_of_its_configuration_or_by_its_s
 
 
 def test_trained_rows_sit_after_their_configuration_with_flops_relative_to_the_same_baseline():
-    def row(task, name, config, flops, trained=None):
-        return AblationRow("f", task, name, config, 4, 0.5, 9.0, flops, flops_rel=None if trained else flops / 10,
+    def row(task, name, config, flops, trained=None, accuracy=0.5):
+        return AblationRow("f", task, name, config, 4, accuracy, 9.0, flops, flops_rel=None if trained else flops / 10,
                            trained=trained, run="runs/x" if trained else None)
 
     pvtc, other = PVTC_R4.to_dict(), vtc.VTCConfig(pvtc=vtc.PVTCConfig(ratio=9)).to_dict()
     free = [row(task, name, config, flops) for task in ("t1", "t2") for name, config, flops in
             (("baseline", {}, 10.0), ("pvtc-r4", pvtc, 4.0), ("pvtc-r16", {"pvtc": {}}, 2.0))]
-    trained = [row("t2", "pvtc-r4 +full 9 steps", pvtc, 4.0, "full, 9 steps"),
+    trained = [row("t2", "pvtc-r4 +full 9 steps", pvtc, 4.0, "full, 9 steps", accuracy=0.4),
                row("t1", "pvtc-r9 +full 9 steps", other, 3.0, "full, 9 steps"),
                row("t2", "pvtc-r4 +lora 9 steps", pvtc, 4.0, "lora, 9 steps")]
     rows = join_trained(free, trained)
@@ -224,6 +224,7 @@ def test_trained_rows_sit_after_their_configuration_with_flops_relative_to_the_s
         ("t2", "baseline"), ("t2", "pvtc-r4"), ("t2", "pvtc-r4 +full 9 steps"), ("t2", "pvtc-r4 +lora 9 steps"),
         ("t2", "pvtc-r16")]
     assert [r.flops_rel for r in trained] == [0.4, 0.3, 0.4]
+    assert [r.accuracy_rel for r in trained] == [0.8, 1.0, 1.0]  # against the same task's baseline accuracy, 0.5
     table = format_table(rows).splitlines()
     assert table[0].split()[:4] == ["family", "task", "config", "trained"] and table[3].split()[3] == "-"
     assert "trained f pvtc-r4 +full 9 steps: runs/x" in legend(rows)

@@ -8,7 +8,7 @@ later), and without `if TYPE_CHECKING:` blocks (they never run). The layers, low
     api           compress / unpatch / last_stats / save_pretrained / load_pretrained (vtc.api, vtc.pretrained);
                   the adapters (vtc.adapters) sit beside it, on the core's public names
     testing       the tiny-model zoo and the reference recipes (vtc.testing)
-    applications  tasks, evaluate, bench, training, ablate, plots, the lmms-eval plugin (vtc.lmms)
+    applications  tasks, evaluate, bench, training, ablate, plots, report, the lmms-eval plugin (vtc.lmms)
     cli           the command line (vtc.cli)
     facade        `vtc/__init__.py`, the names users import
 
@@ -30,7 +30,8 @@ SOURCES = {"vtc": "vtc", "adapters": "vtc.adapters", "testing": "vtc.testing"}
 SCRIPTS = ("benchmarks", "compat", "examples")
 
 LAYERS = ("core", "api", "testing", "applications", "cli", "facade")
-_APPLICATIONS = ("vtc.tasks", "vtc.evaluate", "vtc.bench", "vtc.training", "vtc.ablate", "vtc.plots", "vtc.lmms")
+_APPLICATIONS = ("vtc.tasks", "vtc.evaluate", "vtc.bench", "vtc.training", "vtc.ablate", "vtc.plots", "vtc.report",
+                 "vtc.lmms")
 _API = ("vtc.api", "vtc.pretrained", "vtc.adapters")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from . import _install_llm_prune
 from ._state import VTCState, call_arguments
@@ -36,7 +37,10 @@ from .prune import (
 )
 from .seams import returns_tuple
 
-__all__ = ["install", "validate"]
+__all__ = ["REDUCE_RANGE", "install", "validate"]
+
+#: The profiler range of the reduction of one call's items (what `benchmarks/prune_speed.py` reports as its own work).
+REDUCE_RANGE = "vtc_prune_reduce"
 
 
 def validate(config: PruneConfig, adapter: Any) -> None:
@@ -52,6 +56,10 @@ def validate(config: PruneConfig, adapter: Any) -> None:
             raise ConfigError("prune.method", "downsample", f"another method for model_type {model_type!r}: it has "
                               "one fixed input resolution, so there is no lower resolution to feed it",
                               hint="Use method='pool' to average its token grid down to `keep` tokens.")
+        if config.method in adapter.prune_refusals:  # a method the family could run, left out for a reason
+            raise ConfigError("prune.method", config.method, f"another method for model_type {model_type!r}: "
+                              f"{adapter.prune_refusals[config.method]}",
+                              hint=f"Use one of {', '.join(map(repr, adapter.prune_methods))}.")
         families = [t for t in supported_models() if config.method in get_adapter_class(t).prune_methods]
         allowed = (f"one of {', '.join(map(repr, adapter.prune_methods))} for model_type {model_type!r}"
                    if adapter.prune_methods else f"no pruning for model_type {model_type!r} (set prune=None)")
@@ -106,7 +114,10 @@ class _PrunedImageFeatures:
             output = original(*args, **{**kwargs, "return_dict": True})
         finally:
             call.prune_capture = outer
-        call.pruned = adapter.prune_image_output(output, arguments, _ItemReducer(self.state, capture))
+        native = [item.shape[0] for item in output.pooler_output]
+        with record_function(REDUCE_RANGE):
+            call.pruned = adapter.prune_image_output(output, arguments, _ItemReducer(self.state, capture))
+        call.pruned_counts = [(n, item.shape[0]) for n, item in zip(native, output.pooler_output)]
         return output.to_tuple() if returns_tuple(adapter.base_model, arguments.get("return_dict")) else output
 
 
@@ -194,5 +205,6 @@ def install(model: nn.Module, state: VTCState) -> None:
         ledger.add_forward_hook(taps.query, _Tap(state, "query"), "VisionZip: the feature layer's queries")
         ledger.add_forward_hook(taps.key, _Tap(state, "key"), "VisionZip: the feature layer's keys")
         ledger.add_forward_pre_hook(adapter.projector, _Tap(state, "projector_input"), "VisionZip: the projector input")
+    adapter.patch_model_for_prune(state)
     if state.processor is not None:
         adapter.patch_processor_for_prune(state.processor, ledger)

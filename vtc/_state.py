@@ -52,6 +52,9 @@ class ForwardRecord:
     # native tokens that reached the language model (inside the decoder: that its pruned layers kept, per stage for
     # PyramidDrop); `None` when no selection ran.
     kept: list[list[Any]] | None = None
+    # Pruning before the language model: per sample, per image (tile where the model sees tiles), its (native, kept)
+    # visual token counts; `None` when no such pruning ran.
+    pruned_items: list[list[tuple[int, int]]] | None = None
     llm_prune_plan: Any = None  # pruning's plan of this prefill inside the decoder (`vtc._llm_prune_plan.PrunePlan`)
 
 
@@ -72,6 +75,10 @@ class CallState:
     # kept indices of every item of the image features it returned last, in batch order (`None` for no selection).
     prune_capture: dict[str, torch.Tensor] | None = None
     pruned: list[torch.Tensor] | None = None
+    pruned_counts: list[tuple[int, int]] | None = None  # and every item's (native, kept) token counts
+    # Pruning: the adapter's record of positions it gave the prompt before the selection was known (M-RoPE under a
+    # data-dependent selection), which it corrects once the selection is made.
+    prune_positions: Any = None
     llm_prune: Any = None  # pruning's state inside the decoder for the forward in progress (`PruneStep`)
 
 
@@ -115,6 +122,7 @@ class VTCState:
             "visual_layout": record.visual_layout,
             "decode_steps": int(record.decode_steps),
             "kept": _as_lists(record.kept),
+            "pruned_items": None if record.pruned_items is None else [list(items) for items in record.pruned_items],
         }
 
 
@@ -204,6 +212,29 @@ def _kept_per_sample(items: list[torch.Tensor] | None, layout: BatchLayout | Non
     return grouped
 
 
+def _items_per_sample(counts: list[tuple[int, int]] | None, visual_tokens: list[int]
+                      ) -> list[list[tuple[int, int]]] | None:
+    """Every item's `(native, kept)` counts (in batch order) grouped by sample: a sample's items are the next ones
+    whose kept tokens add up to its visual tokens. A batch that `generate` expanded (every row repeated) has each
+    original row's items once per copy. `None` where they do not add up (features of another forward)."""
+    if counts is None:
+        return None
+    total = sum(kept for _, kept in counts)
+    if not total or sum(visual_tokens) % total:
+        return None
+    copies, grouped, start = sum(visual_tokens) // total, [], 0
+    for row in range(0, len(visual_tokens), copies):
+        sample, tokens = [], 0
+        while tokens < visual_tokens[row] and start < len(counts):
+            sample.append(counts[start])
+            tokens += counts[start][1]
+            start += 1
+        if tokens != visual_tokens[row]:
+            return None
+        grouped += [sample] * copies
+    return grouped if start == len(counts) else None
+
+
 @torch.compiler.disable
 def _record_prefill(state, bound, image_inputs) -> ForwardRecord:
     """The record of a prefill, and the structures compressors build from it: all host work, done once when the
@@ -269,7 +300,7 @@ class _Instrumentation:
         # decode step that meets them left over from its prefill would compile apart from the steps after it).
         keeps_pending = bound.get("mm_encoder_outputs") is not None
         if not keeps_pending:  # the features of another forward, or none: their kept indices are not this one's
-            call.pruned = None
+            call.pruned = call.pruned_counts = None
         if not _cache_is_empty(cache_argument(bound)):
             if not keeps_pending:
                 call.pending_image_inputs = None
@@ -295,6 +326,7 @@ class _Instrumentation:
         if call.recording is not None:
             if call.recording.kept is None:  # pruning inside the decoder records its own
                 call.recording.kept = _kept_per_sample(call.pruned, call.recording.visual_layout)
+            call.recording.pruned_items = _items_per_sample(call.pruned_counts, call.recording.visual_tokens)
             call.recording.attention_mask = call.recording.host_attention_mask = None
             call.recording.lvtc_structure = call.recording.llm_prune_plan = None
             call.last, call.recording = call.recording, None

@@ -4,7 +4,7 @@
     print(format_table(rows)); print(legend(rows))
 
 Each configuration is applied with `vtc.compress` once per model and scored with `vtc.evaluate` on every task's
-samples; its prefill FLOPs are relative to the same model's `baseline` row on the same task. A configuration the model
+samples; its accuracy and prefill FLOPs are relative to the same model's `baseline` row on the same task too. A configuration the model
 refuses (`ConfigError`, e.g. RVTC on a family with one fixed resolution) gets a skipped row per task, with a one-line
 reason. Latency is joined in only where it means something (a real checkpoint, `add_latency`): on tiny models it
 measures Python overhead, not compute. Every row is a `vtc.bench.AblationRow` (`ConfigResult` is the same class).
@@ -40,9 +40,10 @@ from .training.trained import TrainedRun
 if TYPE_CHECKING:
     from .plots import ParetoPoint
 
-__all__ = ["AblationRow", "ConfigResult", "RunLoadError", "TrainedRun", "add_latency", "budget_grid", "components",
-           "config_label", "default_grid", "evaluate_grid", "evaluate_trained", "evaluate_trained_runs", "format_table",
-           "join_trained", "legend", "pareto_points", "trained_row_name", "write_pareto", "write_rows"]
+__all__ = ["AblationRow", "ConfigResult", "RunLoadError", "TrainedRun", "add_latency", "budget_grid", "column_legend",
+           "components", "config_label", "default_grid", "evaluate_grid", "evaluate_trained", "evaluate_trained_runs",
+           "format_cell", "format_table", "join_trained", "legend", "pareto_points", "split_by_task",
+           "trained_row_name", "write_pareto", "write_rows"]
 
 #: A table row: the same class as `AblationRow`, under a second name.
 ConfigResult = AblationRow
@@ -160,6 +161,20 @@ def skip_reason(error: ConfigError) -> str:
     return f"{error.field} expects {error.allowed}"
 
 
+def split_by_task(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
+    """The samples by their `task` field, in the order the tasks first appear: the tasks of an ablation on a file
+    (`vtc.tasks.load_jsonl` names a row without a task after the file)."""
+    tasks: dict[str, list[Sample]] = {}
+    for sample in samples:
+        tasks.setdefault(sample.task, []).append(sample)
+    return tasks
+
+
+def _relative(value: float | None, reference: float | None) -> float | None:
+    """`value / reference`; `None` where either is missing or the reference is 0 (a baseline that scores nothing)."""
+    return None if value is None or not reference else value / reference
+
+
 def evaluate_grid(
     model: nn.Module,
     processor: Any,
@@ -199,10 +214,11 @@ def evaluate_grid(
             if progress is not None:
                 progress(len(samples))
     unpatch(model)
-    baseline_flops = {row.task: row.prefill_flops for row in rows if row.config_name == BASELINE}
+    baseline = {row.task: row for row in rows if row.config_name == BASELINE}
     for row in rows:
         if row.skipped is None:
-            row.flops_rel = row.prefill_flops / baseline_flops[row.task]
+            row.flops_rel = row.prefill_flops / baseline[row.task].prefill_flops
+            row.accuracy_rel = _relative(row.accuracy, baseline[row.task].accuracy)
     order = {task: index for index, task in enumerate(tasks)}
     return sorted(rows, key=lambda row: order[row.task])  # stable: the grid's order within a task
 
@@ -296,13 +312,15 @@ def evaluate_trained_runs(
 def join_trained(rows: Sequence[AblationRow], trained: Iterable[AblationRow]) -> list[AblationRow]:
     """The training-free `rows` with the `trained` rows among them: each right after the last row of the same family,
     task and configuration (the training-free one, then trained ones before it), else at the end of its family and
-    task, else at the end. Sets each trained row's `flops_rel` against the `baseline` row of its family and task."""
-    baseline = {(row.family, row.task): row.prefill_flops for row in rows
+    task, else at the end. Sets each trained row's `flops_rel` and `accuracy_rel` against the `baseline` row of its
+    family and task."""
+    baseline = {(row.family, row.task): row for row in rows
                 if row.config_name == BASELINE and row.trained is None and row.skipped is None}
     out = list(rows)
     for row in trained:
         reference = baseline.get((row.family, row.task))
-        row.flops_rel = None if reference is None else row.prefill_flops / reference
+        row.flops_rel = None if reference is None else _relative(row.prefill_flops, reference.prefill_flops)
+        row.accuracy_rel = None if reference is None else _relative(row.accuracy, reference.accuracy)
         block = [i for i, other in enumerate(out) if (other.family, other.task) == (row.family, row.task)]
         same = [i for i in block if out[i].config == row.config]
         out.insert((same or block)[-1] + 1 if block else len(out), row)
@@ -327,6 +345,7 @@ TABLE_COLUMNS = (
     ("config", "config_name", "{}"),
     ("trained", "trained", "{}"),
     ("accuracy", "accuracy", "{:.3f}"),
+    ("accuracy rel", "accuracy_rel", "{:.3f}"),
     ("visual tokens", "visual_tokens", "{:.1f}"),
     ("FLOPs rel", "flops_rel", "{:.3f}"),
 )
@@ -347,7 +366,8 @@ def _has_trained(rows: Sequence[AblationRow]) -> bool:
     return any(row.trained is not None for row in rows)
 
 
-def _cell(row: AblationRow, attribute: str, fmt: str) -> str:
+def format_cell(row: AblationRow, attribute: str, fmt: str) -> str:
+    """One cell of the table: `row`'s `attribute` in `fmt`; `skipped`, `-` or `n/a` where there is no value."""
     if row.skipped and attribute not in _NAMES:
         return "skipped" if attribute == "accuracy" else "-"
     value = getattr(row, attribute)
@@ -362,7 +382,7 @@ def format_table(rows: Sequence[AblationRow]) -> str:
     columns = tuple(column for column in TABLE_COLUMNS if column[1] != "trained" or _has_trained(rows))
     columns += LATENCY_COLUMNS if _has_latency(rows) else ()
     header = [title for title, _, _ in columns]
-    body = [[_cell(row, attr, fmt) for _, attr, fmt in columns] for row in rows]
+    body = [[format_cell(row, attr, fmt) for _, attr, fmt in columns] for row in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -370,13 +390,25 @@ def format_table(rows: Sequence[AblationRow]) -> str:
 
 
 def legend(rows: Sequence[AblationRow], latency_setup: str | None = None) -> str:
-    """What each column of `format_table(rows)` means and relative to what, then why a row was skipped (once per
-    model and configuration). `latency_setup` says what the latency columns timed; `None`: latency was not measured.
-    """
+    """What each column of `format_table(rows)` means and relative to what (`column_legend`), then why a row was
+    skipped (once per model and configuration) and each trained row's folder."""
+    lines = column_legend(rows, latency_setup)
+    reasons = {(row.family, row.config_name): row.skipped for row in rows if row.skipped}
+    lines += [f"skipped {family} {name}: {reason}" for (family, name), reason in reasons.items()]
+    runs = {(row.family, row.config_name): row.run for row in rows if row.trained is not None}
+    lines += [f"trained {family} {name}: {folder}" for (family, name), folder in runs.items()]
+    return "\n".join(lines)
+
+
+def column_legend(rows: Sequence[AblationRow], latency_setup: str | None = None) -> list[str]:
+    """One line per column of `format_table(rows)`: what it means and relative to what. `latency_setup` says what the
+    latency columns timed; `None`: latency was not measured."""
     sizes = sorted({row.n for row in rows})
     lines = [
         f"accuracy       mean score (vtc.tasks.score) on {'/'.join(map(str, sizes))} test samples per task: exact "
         "match, or for grid-readout the fraction of cells right",
+        "accuracy rel   accuracy as a fraction of the same model's baseline on the same task (n/a where the baseline "
+        "scores 0)",
         "visual tokens  mean image placeholders per sample at the language model's input",
         "FLOPs rel      analytic prefill FLOPs per sample (vtc.flops) relative to the same model's baseline on the "
         "same task",
@@ -400,17 +432,14 @@ def legend(rows: Sequence[AblationRow], latency_setup: str | None = None) -> str
             "configuration) plus +STAGE N steps, and it sits right after that row; scored like the others, FLOPs "
             f"relative to the same baseline{untimed}",
         ]
-    reasons = {(row.family, row.config_name): row.skipped for row in rows if row.skipped}
-    lines += [f"skipped {family} {name}: {reason}" for (family, name), reason in reasons.items()]
-    runs = {(row.family, row.config_name): row.run for row in rows if row.trained is not None}
-    lines += [f"trained {family} {name}: {folder}" for (family, name), folder in runs.items()]
-    return "\n".join(lines)
+    return lines
 
 
 #: The columns of `ablate.jsonl` and `ablate.csv`: a row's fields up to `run`, without the per-sample and per-layer
 #: lists of a timed prefill.
-FILE_COLUMNS = ("family", "task", "config_name", "config", "n", "accuracy", "visual_tokens", "prefill_flops",
-                "flops_rel", "latency_ms", "latency_rel", "kv_cache_mb", "peak_mem_mb", "skipped", "trained", "run")
+FILE_COLUMNS = ("family", "task", "config_name", "config", "n", "accuracy", "accuracy_rel", "visual_tokens",
+                "prefill_flops", "flops_rel", "latency_ms", "latency_rel", "kv_cache_mb", "peak_mem_mb", "skipped",
+                "trained", "run")
 
 
 def write_rows(rows: Sequence[AblationRow], out_dir: Path, environment: dict[str, Any]) -> tuple[Path, Path]:
@@ -434,12 +463,14 @@ def pareto_points(rows: Sequence[AblationRow]) -> list[ParetoPoint]:
     from .plots import ParetoPoint
 
     return [ParetoPoint(row.family, row.task, row.config_name, components(row.config), row.accuracy,
-                        row.visual_tokens, row.flops_rel, trained=None if row.trained is None else row.config_name)
+                        row.visual_tokens, row.flops_rel, trained=None if row.trained is None else row.config_name,
+                        accuracy_rel=row.accuracy_rel)
             for row in rows if row.skipped is None]
 
 
-def write_pareto(rows: Sequence[AblationRow], path: Path) -> Path:
-    """Draw `pareto_points(rows)` with `vtc.plots.pareto` (needs matplotlib) to `path`; return it."""
+def write_pareto(rows: Sequence[AblationRow], path: Path, *, relative: bool = False) -> Path:
+    """Draw `pareto_points(rows)` with `vtc.plots.pareto` (needs matplotlib) to `path`, with the accuracy relative to
+    the baseline's where `relative`; return it."""
     from .plots import pareto
 
-    return pareto(pareto_points(rows), path)
+    return pareto(pareto_points(rows), path, relative=relative)

@@ -205,6 +205,8 @@ def last_stats(model: nn.Module) -> dict[str, Any]:
         where the model sees tiles), the indices into its native visual tokens (row-major) that reached the
         language model, in placeholder order (VisionZip's contextual tokens by the token each is built on); under
         a method inside the decoder (`fastv`, `dart`, `pdrop`), those its pruned layers kept (a list per stage for
-        `pdrop`), in order; else `None`.
+        `pdrop`), in order; else `None`; `pruned_items`: under a pruning method before the language model, per
+        sample, per image (per tile where the model sees tiles), its `(native, kept)` visual token counts; else
+        `None`.
     """
     return _require_state(model).stats()

@@ -36,8 +36,9 @@ class AblationRow:
     (`vtc.ablate.evaluate_grid`), or a timed prefill of one batch (`measure_configs`, with `task` None), or both
     joined (`vtc.ablate.add_latency`).
 
-    `visual_tokens` and `prefill_flops` are means per sample over the `n` samples; `flops_rel` and `latency_rel` are
-    relative to the `baseline` row of the same model (and task); every measurement is `None` where it was not taken.
+    `visual_tokens` and `prefill_flops` are means per sample over the `n` samples; `accuracy_rel`, `flops_rel` and
+    `latency_rel` are relative to the `baseline` row of the same model (and task); every measurement is `None` where
+    it was not taken.
     A skipped row has `skipped` set to why the configuration does not apply and `None` for every measurement. A
     trained run's row (`vtc.ablate.evaluate_trained`) has `trained` set to how it was trained (e.g. `compressor, 7
     steps, lm`) and `run` to its folder; both are `None` on the training-free rows. The fields up to `run` are the
@@ -52,6 +53,7 @@ class AblationRow:
     accuracy: float | None
     visual_tokens: float | None
     prefill_flops: float | None
+    accuracy_rel: float | None = None
     flops_rel: float | None = None
     latency_ms: float | None = None
     latency_rel: float | None = None

@@ -220,8 +220,10 @@ def prefill_costs(model: nn.Module, inputs: Any) -> list[PrefillCost]:
     method = [0] * len(visual_tokens)  # what a pruning method spends before the language model
     prune = get_config(model).prune if is_compressed(model) else None
     if prune is not None and prune.method != "downsample":
-        layout = last_stats(model)["visual_layout"] or [()] * len(visual_tokens)
-        method = pruning_flops(adapter, prune, layout, inputs["attention_mask"].sum(dim=1).tolist())
+        stats = last_stats(model)
+        layout = stats["visual_layout"] or [()] * len(visual_tokens)
+        method = pruning_flops(adapter, prune, layout, inputs["attention_mask"].sum(dim=1).tolist(),
+                               stats["pruned_items"])
     return [PrefillCost(tokens, prefill_flops(text_config, lens).total + extra)
             for tokens, lens, extra in zip(visual_tokens, layer_lens, method)]
 

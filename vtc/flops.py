@@ -146,7 +146,7 @@ def uniform_layer_lens(text_config: Any, seq_len: int) -> list[int]:
 
 
 def prune_flops(method: str, native_tokens: int, kept_tokens: int, width: int, *, tower_tokens: int | None = None,
-                attention_width: int | None = None, head_width: int | None = None) -> int:
+                attention_width: int | None = None, head_width: int | None = None, queries: int = 1) -> int:
     """The FLOPs a pruning method spends on one item of `native_tokens` tokens of `width` features, keeping
     `kept_tokens` (a multiply-add counts as 2, a comparison or a lone add as 1):
 
@@ -154,12 +154,14 @@ def prune_flops(method: str, native_tokens: int, kept_tokens: int, width: int, *
         pool                 n * d                        (each input feature added into its window once)
         divprune             2 * n^2 * d  +  2 * k * n    (the cosine-similarity matrix; per pick, the running
                                                            minimum and the argmax over n distances)
-        visionzip            2 * t * a  +  2 * m * c * e  (the [CLS] row: one query against the tower's t keys;
-                                                           each merged token's key against the targets' keys)
+        visionzip            2 * q * t * a  +  2 * m * c * e  (the attention each token receives: the [CLS]
+                                                           row, q = 1, or every query's, q = t, on a tower without
+                                                           one; each merged token's key against the targets' keys)
 
     with `n = native_tokens`, `k = kept_tokens`, `d = width` (the projector's output width), `t = tower_tokens`
     (default `n`), `a = attention_width` (all heads, default `d`), `e = head_width` (the head-averaged key,
-    default `a`), and VisionZip's `c` contextual tokens and `m = n - k` merged tokens (`vtc.prune.visionzip_counts`).
+    default `a`), `q = queries`, and VisionZip's `c` contextual tokens and `m = n - k` merged tokens
+    (`vtc.prune.visionzip_counts`).
     The contextual tokens' pass through the projector is left out, as every other token's is.
 
     Raises:
@@ -182,7 +184,8 @@ def prune_flops(method: str, native_tokens: int, kept_tokens: int, width: int, *
         t = n if tower_tokens is None else _positive_int("tower_tokens", tower_tokens)
         a = d if attention_width is None else _positive_int("attention_width", attention_width)
         e = a if head_width is None else _positive_int("head_width", head_width)
-        return 2 * t * a + 2 * (n - k) * visionzip_counts(k, n)[1] * e
+        q = _positive_int("queries", queries)
+        return 2 * q * t * a + 2 * (n - k) * visionzip_counts(k, n)[1] * e
     return 0
 
 
@@ -223,10 +226,10 @@ def llm_prune_flops(method: str, text_config: Any, sequence_tokens: int, item_to
 
 
 def pruning_flops(adapter: Any, config: PruneConfig, layout: Sequence[Sequence[Any]],
-                  sequence_lengths: Sequence[int] | None = None) -> list[int]:
+                  sequence_lengths: Sequence[int] | None = None,
+                  items: Sequence[Sequence[tuple[int, int]]] | None = None) -> list[int]:
     """Per sample of a prefill's visual layout (`last_stats()["visual_layout"]`), the FLOPs `config`'s method spent
-    before the language model (`prune_flops` for each of its images, or tiles where the model sees tiles: one visual
-    span each, of the kept length, from the adapter's native token grid).
+    before the language model (`prune_flops` for each of its images, or tiles where the model sees tiles).
 
     Args:
         adapter: the compressed model's adapter (`vtc.registry.get_adapter`).
@@ -234,20 +237,29 @@ def pruning_flops(adapter: Any, config: PruneConfig, layout: Sequence[Sequence[A
         layout: per sample, its visual spans.
         sequence_lengths: per sample, its prompt's tokens, for the in-decoder methods (whose work grows with the
             prompt; `llm_prune_flops`); without them, the end of the sample's last visual span (a lower bound).
+        items: per sample, each image's (tile's) `(native, kept)` token counts (`last_stats()["pruned_items"]`),
+            for the methods before the language model; without them, one item per visual span, of the kept length,
+            from the adapter's native token grid (right where every item has that grid).
     """
     if config.in_llm:
         stages = len(config.resolve_stage_layers(decoder_dims(adapter.text_config)["num_hidden_layers"]))
         lengths = sequence_lengths or [max((span.end for span in spans), default=0) for spans in layout]
         return [llm_prune_flops(config.method, adapter.text_config, length, [span.length for span in spans],
                                 stages=stages) if spans else 0 for spans, length in zip(layout, lengths)]
-    h, w = adapter.reference_token_grid
-    native, width = h * w, adapter.text_config.hidden_size
-    extra: dict[str, int] = {}
-    if config.method == "visionzip":
+    if items is None:
+        h, w = adapter.reference_token_grid
+        items = [[(max(h * w, span.length), span.length) for span in spans] for spans in layout]
+    width = adapter.text_config.hidden_size
+
+    def item_flops(native: int, kept: int) -> int:
+        if config.method != "visionzip":
+            return prune_flops(config.method, native, kept, width)
         rows, cols = adapter.projector_window
         taps = adapter.feature_layer_attention()
-        attention_width = adapter.model.config.vision_config.hidden_size
-        extra = dict(tower_tokens=native * rows * cols + int(adapter.vision_has_cls), attention_width=attention_width,
-                     head_width=attention_width // taps.num_heads)
-    return [sum(prune_flops(config.method, max(native, span.length), span.length, width, **extra) for span in spans)
-            for spans in layout]
+        tower = native * rows * cols + int(adapter.vision_has_cls)
+        return prune_flops("visionzip", native, kept, width, tower_tokens=tower,
+                           attention_width=adapter.vision_feature_dim,
+                           head_width=adapter.vision_feature_dim // taps.num_heads,
+                           queries=1 if adapter.vision_has_cls else tower)
+
+    return [sum(item_flops(native, kept) for native, kept in sample) for sample in items]

@@ -15,7 +15,8 @@ order):
   the official code, github.com/dvlab-research/VisionZip at commit 3151f6df4fca36a4cd1c985e5956e725b1f9ad02 (the
   vision tower's forward and the attention that stores the keys, in the `visionzip` package; `docs/prune.md` gives
   the files and lines);
-* `pool_grid` / `pool_tokens`: 2-D adaptive average pooling of the token grid.
+* `pool_grid` / `pool_tokens`: 2-D adaptive average pooling of the token grid; `pruned_image_template` (with
+  `largest_remainder_split`, `joined_pool_grid`): the same for an image packed as a base grid and a joined grid.
 
 Axes: n native tokens of one item, d feature width, c contextual tokens, b items, t tower tokens, h heads.
 """
@@ -23,6 +24,7 @@ Axes: n native tokens of one item, d feature width, c contextual tokens, b items
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -41,9 +43,12 @@ __all__ = [
     "divprune_selection",
     "item_template",
     "item_token_count",
+    "joined_pool_grid",
+    "largest_remainder_split",
     "merge_contextual",
     "pool_grid",
     "pool_tokens",
+    "pruned_image_template",
     "random_selection",
     "visionzip_counts",
     "visionzip_selection",
@@ -94,6 +99,56 @@ def item_template(config: PruneConfig, grid: tuple[int, int]) -> SampleLayout:
         oh, ow = pool_grid(grid, config.kept_count(h * w))
         return (VisualSpan(0, oh * ow, (oh, ow)),)
     return (VisualSpan(0, config.kept_count(h * w), None),)
+
+
+def largest_remainder_split(total: int, weights: Sequence[int]) -> list[int]:
+    """`total` split in proportion to `weights` (the largest-remainder method; equal remainders go to the first)."""
+    quotas = [Fraction(total * w, sum(weights)) for w in weights]
+    shares = [int(q) for q in quotas]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (-(quotas[i] - shares[i]), i))
+    for i in by_remainder[:total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+@functools.lru_cache(maxsize=4096)
+def joined_pool_grid(grid: tuple[int, int], target: int) -> tuple[int, int]:
+    """The `(oh, ow)` grid `pool` averages a joined `(rows, cols)` grid to, so that with a newline token closing each
+    of its rows it brings about `target` tokens: `vtc.prune.pool_grid`'s rule with `oh * (ow + 1)` in place of the
+    product (closest to `target`, then the least aspect distortion, then fewer rows). `rows * (cols + 1)` gives
+    `(rows, cols)`."""
+    rows, cols = grid
+
+    def cost(shape: tuple[int, int]) -> tuple[int, Fraction, int]:
+        oh, ow = shape
+        ratio = Fraction(oh * cols, ow * rows)
+        return abs(oh * (ow + 1) - target), max(ratio, 1 / ratio), oh
+
+    # For each row count the closest totals lie at the floor and the ceiling of target / oh, a newline taken off.
+    candidates = {(oh, min(cols, max(1, per_row - 1)))
+                  for oh in range(1, rows + 1) for per_row in (target // oh, -(-target // oh))}
+    return min(candidates, key=cost)
+
+
+def pruned_image_template(config: PruneConfig, native: SampleLayout) -> SampleLayout:
+    """The spans one image with the native template `native` (a base grid, then a joined grid with newline tokens
+    or lone newline tokens: an image of the any-resolution families) fills at the language model's input under
+    `config`: the selection methods keep `min(kept_count(n), n)` of its `n` tokens; `pool` splits the count between
+    the base grid and the joined grid by `largest_remainder_split` and pools them to `pool_grid` and
+    `joined_pool_grid`, a newline token closing each pooled row (a base-only image keeps its newline tokens)."""
+    total = sum(span.length for span in native)
+    count = min(config.kept_count(total), total)
+    if config.method != "pool":
+        return (VisualSpan(0, count, None),)
+    base, *rest = native
+    if not rest or not rest[0].newline:  # the base view alone: its grid, then its newline token(s), kept
+        oh, ow = pool_grid(base.grid, max(1, count - (total - base.length)))
+        return (VisualSpan(0, oh * ow, (oh, ow)), *(VisualSpan(s.start + oh * ow - base.length, s.length, s.grid, s.newline) for s in rest))
+    joined = rest[0]
+    base_share, joined_share = largest_remainder_split(count, (base.length, joined.length))
+    bh, bw = pool_grid(base.grid, max(1, base_share))
+    oh, ow = joined_pool_grid(joined.grid, joined_share)
+    return VisualSpan(0, bh * bw, (bh, bw)), VisualSpan(bh * bw, oh * (ow + 1), (oh, ow), newline=True)
 
 
 def item_token_count(config: PruneConfig, grid: tuple[int, int]) -> int:

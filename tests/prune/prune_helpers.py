@@ -88,3 +88,23 @@ def check_kept(family, method, kept, counts):
             if method != "visionzip":
                 assert indices == sorted(indices)
 
+
+
+def check_batch_equals_singles(model, method, batch, alone, logits=logits):
+    """A left-padded batch's logits (at each sample's own positions) and kept indices equal its samples' alone; the
+    last sample has no image. `logits(model, inputs)` runs the model as the family needs it."""
+    batched = logits(model, batch)
+    kept = vtc.last_stats(model)["kept"]
+    for index, inputs in enumerate(alone):
+        single = logits(model, inputs)[0]
+        torch.testing.assert_close(batched[index, -single.shape[0]:], single, rtol=0, atol=1e-5)
+        if method != "pool" and index < len(alone) - 1:
+            assert vtc.last_stats(model)["kept"][0] == kept[index]
+    assert kept is None if method == "pool" else kept[-1] == []
+
+
+def check_sdpa_and_eager_agree(run):
+    """`run(attn)` -> `(logits at the real positions, kept indices)`: equal kept indices, logits within 1e-4."""
+    (sdpa, sdpa_kept), (eager, eager_kept) = run("sdpa"), run("eager")
+    assert sdpa_kept == eager_kept
+    torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-4)

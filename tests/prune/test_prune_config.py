@@ -114,6 +114,9 @@ def test_flops_of_each_method():
     assert prune_flops("visionzip", n, k, d, tower_tokens=577, attention_width=1024, head_width=64) == (
         2 * 577 * 1024 + 2 * 512 * 10 * 64)
     assert prune_flops("visionzip", n, n, d) == 2 * n * d  # everything kept: only the attention row
+    # a tower without a [CLS] token: the attention every token receives from every query
+    assert prune_flops("visionzip", n, k, d, tower_tokens=2304, attention_width=1280, head_width=80,
+                       queries=2304) == 2 * 2304 * 2304 * 1280 + 2 * 512 * 10 * 80
 
 
 @pytest.mark.parametrize(("args", "field"), [(("tome", 576, 64, 8), "method"), (("pool", 0, 0, 8), "native_tokens"),

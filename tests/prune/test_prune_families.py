@@ -140,11 +140,6 @@ def test_random_is_seeded(family):
     ("internvl", prune("downsample", 8), "16..80 with method='downsample'.*method='pool'"),
     ("internvl", vtc.VTCConfig(prune=vtc.PruneConfig(method="downsample", keep=48), rvtc=vtc.RVTCConfig()),
      "both choose how many tiles"),
-    ("llava_next", prune("pool", 0.5), "no pruning for model_type 'llava_next'.*supported on: internvl, llava"),
-    ("llava_onevision", prune("visionzip", 0.5), "no pruning for model_type 'llava_onevision'"),
-    ("qwen2_vl", prune("random", 8), "no pruning for model_type 'qwen2_vl'"),
-    ("qwen2_5_vl", prune("divprune", 0.25), "no pruning for model_type 'qwen2_5_vl'"),
-    ("qwen3_vl", prune("downsample", 0.25), "no pruning for model_type 'qwen3_vl'.*supported on: internvl"),
 ])
 def test_a_refused_pair_is_a_config_error_and_leaves_the_model_untouched(family, config, message):
     model, processor = build_tiny_model(family), build_tiny_processor(family)

@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # --help, --version or a usage error, already printed
         return stop.code
+    args.command_line = ["vtc", *(sys.argv[1:] if argv is None else argv)]  # what a command's report quotes
     debug = getattr(args, "debug", False) or os.environ.get("VTC_DEBUG") == "1"
     try:
         return args.func(args)

@@ -1,10 +1,11 @@
 """`vtc ablate`: accuracy, visual tokens and FLOPs of every configuration of the grid side by side (`vtc.ablate`), on
 the reference models shipped with vtc or on a checkpoint folder (then timed too), with trained runs as rows of their
-own."""
+own; the rows, the picture and the report (`vtc.report`) go to one folder."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ DEFAULT_REPEATS, DEFAULT_WARMUP = 5, 1
 NO_LATENCY_REASON = "the default reports no latency: the reference models are too small to time"
 #: Test samples per synthetic task that `vtc ablate` evaluates without `--size`.
 ABLATE_TASK_SIZE = 64
+PICTURE = "pareto.png"
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vtc import ablate, tasks
     from vtc.plots import plotting_available
+    from vtc.report import RunSetup, write_report
 
     _check_arguments(args)
     quiet_transformers()
@@ -97,9 +100,8 @@ def run(args: argparse.Namespace) -> int:
             return grid
     runs = list({run.folder.resolve(): run for run in args.trained or ()}.values())  # a folder given twice: once
     # The data, then the checkpoint, before the progress bar is drawn: what does not load fails before anything runs.
-    if args.model:  # the data is one task
-        data = {str(args.data) if isinstance(args.data, str) else args.data.stem:
-                load_samples(args.data, args.size, ABLATE_TASK_SIZE)}
+    if args.model:  # the tasks the samples name (a file's rows without one: its name)
+        data = ablate.split_by_task(load_samples(args.data, args.size, ABLATE_TASK_SIZE))
         model, processor = load_model_argument(args.model, dtype=getattr(torch, args.dtype),
                                                attn_implementation=args.attn)
         model = model.to(args.device)
@@ -130,13 +132,48 @@ def run(args: argparse.Namespace) -> int:
     print(ablate.legend(rows, latency_setup))
 
     out_dir = args.out or Path("vtc_results") / time.strftime("ablate-%Y%m%d-%H%M%S")
-    jsonl, csv_path = ablate.write_rows(rows, out_dir, environment(args.device, args.dtype, args.attn))
+    env = environment(args.device, args.dtype, args.attn)
+    jsonl, csv_path = ablate.write_rows(rows, out_dir, env)
     print(f"\nwrote {jsonl} and {csv_path}")
-    if plotting_available():
-        print(f"wrote {ablate.write_pareto(rows, out_dir / 'pareto.png')}")
+    picture = picture_note = None
+    if not plotting_available():
+        picture_note = f'matplotlib is not installed (pip install "vtc[plot]" draws {PICTURE})'
     else:
-        print('for the accuracy-against-cost picture (pareto.png): pip install "vtc[plot]"')
+        try:
+            picture = ablate.write_pareto(rows, out_dir / PICTURE, relative=args.relative).name
+            print(f"wrote {out_dir / picture}")
+        except ValueError as error:  # nothing to draw: the rows and the report stand without it
+            picture_note = str(error)
+    if picture is None:
+        print(f"{PICTURE} skipped: {picture_note}")
+    setup = RunSetup(_command_line(args, out_dir), env, _model_words(args, rows), _data_words(args, data),
+                     latency_setup)
+    report = write_report(rows, out_dir, setup, picture=picture, picture_note=picture_note, relative=args.relative)
+    print(f"wrote {report}")
     return 0
+
+
+def _command_line(args: argparse.Namespace, out_dir: Path) -> str:
+    """The command as typed (`vtc.cli.main` keeps it), with the output folder where it was left to the default."""
+    words = list(getattr(args, "command_line", None) or ["vtc", "ablate"])
+    if args.out is None:
+        words += ["--out", str(out_dir)]
+    return shlex.join(words)
+
+
+def _model_words(args: argparse.Namespace, rows) -> str:
+    families = ", ".join(dict.fromkeys(row.family for row in rows))
+    if args.model is not None:
+        return f"{args.model} ({families})"
+    return f"the reference models shipped with vtc: {families}"
+
+
+def _data_words(args: argparse.Namespace, data) -> str:
+    sizes = "/".join(map(str, dict.fromkeys(map(len, data.values()))))
+    tasks = ", ".join(data)
+    if args.model is not None and not isinstance(args.data, str):
+        return f"{args.data}: {sizes} samples per task ({tasks})"
+    return f"the test split (seed 0) of {tasks}: {sizes} samples per task"
 
 
 def _evaluate_trained_runs(args: argparse.Namespace, runs, data, family: str | None) -> list:
@@ -224,8 +261,11 @@ def add_parser(commands, parents: list[argparse.ArgumentParser]) -> None:
     ablate.add_argument("--attn", type=attention_backend, default="sdpa",
                         help=f"attention backend: {', '.join(ATTENTION_CHOICES)} (default sdpa; `vtc info` lists "
                              "what this environment has)")
+    ablate.add_argument("--relative", action="store_true",
+                        help="draw pareto.png with each accuracy as a fraction of the same model's uncompressed "
+                             "accuracy on the task (the table always has both)")
     ablate.add_argument("--out", type=output_folder, metavar="FOLDER",
-                        help="output folder for ablate.jsonl, ablate.csv and pareto.png (default "
+                        help="output folder for ablate.jsonl, ablate.csv, pareto.png and report.md (default "
                              "vtc_results/ablate-<time>)")
     ablate.add_argument("--quiet", action="store_true", help="no progress bars")
     ablate.set_defaults(func=run)
