@@ -1,6 +1,7 @@
 """The `vtc` console script: info, make-tiny, eval, and errors that are one line on stderr (`vtc ablate`:
 tests/test_ablate.py)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -158,6 +159,7 @@ def folders(tmp_path, tiny_config_json):
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 NO_FLASH = pytest.mark.skipif(is_flash_attn_2_available(), reason="flash-attn is installed here")
+NO_LMMS = pytest.mark.skipif(importlib.util.find_spec("lmms_eval") is not None, reason="lmms-eval is installed here")
 
 
 def bad(argv, status, fragment, *marks):
@@ -193,6 +195,8 @@ BAD_COMMAND_LINES = [
     bad(["ablate", "--attn", "flash"], 2, "unknown attention backend 'flash'"),
     bad(["ablate", "--dtype", "int8"], 2, "invalid choice: 'int8'"),
     bad(["ablate", "--out", "{file}"], 2, "argument --out:"),
+    bad(["ablate", "--lmms", ","], 2, "argument --lmms: expected comma-separated lmms-eval task names"),
+    bad(["ablate", "--lmms", "mme"], 2, "argument --lmms: lmms-eval is not installed here: pip install", NO_LMMS),
     bad(["make-tiny", "foo", "{missing}"], 2, "argument FAMILY: unknown family 'foo'"),
     bad(["make-tiny", "llava", "{busy}"], 2, "is not empty"),
     bad(["make-tiny", "llava", "{file}"], 2, "is a file"),

@@ -54,3 +54,34 @@ def test_a_grid_without_a_baseline_is_refused():
 
     with pytest.raises(vtc.ConfigError, match="baseline"):
         evaluate_grid_lmms(None, None, {"pvtc-r4": GRID["pvtc-r4"]}, ["vtc_majority_colour"], family=FAMILY)
+
+
+def test_vtc_ablate_lmms_joins_the_harness_rows_to_the_table_and_the_report(tmp_path, monkeypatch):
+    import csv
+
+    from vtc.cli import main
+
+    for key, value in offline(tmp_path / "datasets").items():
+        monkeypatch.setenv(key, value)
+    size = 8
+    folder = write_tasks(tmp_path / "tasks", size=size)
+    out = tmp_path / "out"
+    status = main(["ablate", "--families", FAMILY, "--configs", "pvtc-r4", "--lmms", lmms_task_name(TASK),
+                   "--lmms-include", str(folder), "--size", str(size), "--batch-size", "8", "--out", str(out),
+                   "--quiet"])
+    assert status == 0
+    with open(out / "ablate.csv") as file:
+        rows = {row["config_name"]: row for row in csv.DictReader(file)}
+    assert set(rows) == {"baseline", "pvtc-r4"}  # the harness's task only: no synthetic task rows
+    model, processor = vtc.tasks.reference_model(FAMILY)
+    samples = vtc.tasks.synthetic(TASK, "test", size, 0)
+    for name, config in (("baseline", vtc.VTCConfig()), ("pvtc-r4", GRID["pvtc-r4"])):
+        vtc.compress(model, config, processor=processor)
+        expected = vtc.evaluate(model, processor, samples, batch_size=8, max_new_tokens=max_new_tokens(TASK),
+                                progress=False)
+        vtc.unpatch(model)
+        assert rows[name]["task"] == lmms_task_name(TASK)
+        assert float(rows[name]["accuracy"]) == pytest.approx(expected.accuracy)
+        assert float(rows[name]["visual_tokens"]) == expected.visual_tokens
+    report = (out / "report.md").read_text()
+    assert f"lmms-eval tasks {lmms_task_name(TASK)}" in report and (out / "pareto.png").exists()

@@ -49,9 +49,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
         if args.data is not None:
             raise UsageError("argument --data: applies to --model only; the default evaluates the reference models "
                              "on every synthetic task")
-    elif args.data is None:
-        raise UsageError("argument --data: required with --model: the samples to score it on, FILE.jsonl or "
-                         "task:NAME (e.g. task:majority-colour)")
+    elif args.data is None and args.lmms is None:
+        raise UsageError("argument --data: required with --model (or --lmms): the samples to score it on, "
+                         "FILE.jsonl or task:NAME (e.g. task:majority-colour)")
+    if args.lmms is not None:
+        _check_lmms(args)
     for run in args.trained or ():  # each joins the rows of the model it started from
         if run.base_model is None:
             raise UsageError(f"argument --trained: {run.folder} records no base model (its vtc_training.json is "
@@ -63,6 +65,35 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(f"argument --trained: {run.folder} was trained from {run.base_model}, not from a "
                              f"reference model shipped with vtc; compare it with its own base: vtc ablate --model "
                              f"{run.base_model} --data task:NAME --trained {run.folder}")
+
+
+def _check_lmms(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("lmms_eval") is None:
+        raise UsageError("argument --lmms: lmms-eval is not installed here: pip install 'vtc[lmms]' (on a CPU-only "
+                         "machine see docs/lmms.md)")
+    if args.trained:
+        raise UsageError("argument --lmms: not with --trained; score a run through lmms-eval with "
+                         "python -m lmms_eval --model vtc --model_args trained=RUN")
+    if args.lmms_include is not None and not args.lmms_include.is_dir():
+        raise UsageError(f"argument --lmms-include: {args.lmms_include} is not a folder")
+
+
+def _lmms_tasks(value: str) -> list[str]:
+    tasks = [task.strip() for task in value.split(",") if task.strip()]
+    if not tasks:
+        raise argparse.ArgumentTypeError("expected comma-separated lmms-eval task names, e.g. mme,gqa")
+    return tasks
+
+
+def _lmms_rows(args: argparse.Namespace, model, processor, grid, family: str) -> list:
+    """The grid scored through lmms-eval on `--lmms` (`vtc.lmms.grid.evaluate_grid_lmms`)."""
+    from vtc.lmms.grid import evaluate_grid_lmms
+
+    return evaluate_grid_lmms(model, processor, grid, args.lmms, family=family, limit=args.size,
+                              batch_size=args.batch_size,
+                              include_path=None if args.lmms_include is None else str(args.lmms_include))
 
 
 def _reference_models(args: argparse.Namespace, families: Sequence[str]):
@@ -101,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     runs = list({run.folder.resolve(): run for run in args.trained or ()}.values())  # a folder given twice: once
     # The data, then the checkpoint, before the progress bar is drawn: what does not load fails before anything runs.
     if args.model:  # the tasks the samples name (a file's rows without one: its name)
-        data = ablate.split_by_task(load_samples(args.data, args.size, ABLATE_TASK_SIZE))
+        data = ({} if args.data is None else
+                ablate.split_by_task(load_samples(args.data, args.size, ABLATE_TASK_SIZE)))
         model, processor = load_model_argument(args.model, dtype=getattr(torch, args.dtype),
                                                attn_implementation=args.attn)
         model = model.to(args.device)
@@ -110,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
         # With --trained: the families of the runs, and those --families names.
         families = list(dict.fromkeys([*(args.families or ([] if runs else tasks.reference_families())),
                                        *(run.reference_family() for run in runs)]))
-        data = {task: load_samples(task, args.size, ABLATE_TASK_SIZE) for task in tasks.available()}
+        data = ({} if args.lmms else  # --lmms scores the reference models on its tasks instead
+                {task: load_samples(task, args.size, ABLATE_TASK_SIZE) for task in tasks.available()})
         models = _reference_models(args, families)
     rows = []
     with tqdm(total=0, desc="vtc ablate", unit="sample",
@@ -120,8 +153,11 @@ def run(args: argparse.Namespace) -> int:
             grid = grid_of(model)
             bar.total += len(grid) * sum(map(len, data.values()))
             bar.refresh()
-            rows += ablate.evaluate_grid(model, processor, grid, data, family=family, batch_size=args.batch_size,
-                                         progress=bar.update)
+            if data:
+                rows += ablate.evaluate_grid(model, processor, grid, data, family=family,
+                                             batch_size=args.batch_size, progress=bar.update)
+            if args.lmms:
+                rows += _lmms_rows(args, model, processor, grid, family)
     latency_setup = _measure_latency(args, model, processor, grid, rows) if args.model else None
     if runs:
         checkpoint_family = family if args.model else None
@@ -169,11 +205,19 @@ def _model_words(args: argparse.Namespace, rows) -> str:
 
 
 def _data_words(args: argparse.Namespace, data) -> str:
-    sizes = "/".join(map(str, dict.fromkeys(map(len, data.values()))))
-    tasks = ", ".join(data)
-    if args.model is not None and not isinstance(args.data, str):
-        return f"{args.data}: {sizes} samples per task ({tasks})"
-    return f"the test split (seed 0) of {tasks}: {sizes} samples per task"
+    parts = []
+    if data:
+        sizes = "/".join(map(str, dict.fromkeys(map(len, data.values()))))
+        tasks = ", ".join(data)
+        if args.model is not None and not isinstance(args.data, str):
+            parts.append(f"{args.data}: {sizes} samples per task ({tasks})")
+        else:
+            parts.append(f"the test split (seed 0) of {tasks}: {sizes} samples per task")
+    if args.lmms:
+        limit = "every document" if args.size is None else f"the first {args.size} documents"
+        include = "" if args.lmms_include is None else f", tasks included from {args.lmms_include}"
+        parts.append(f"lmms-eval tasks {', '.join(args.lmms)}: {limit} of each{include}")
+    return "; ".join(parts)
 
 
 def _evaluate_trained_runs(args: argparse.Namespace, runs, data, family: str | None) -> list:
@@ -242,9 +286,16 @@ def add_parser(commands, parents: list[argparse.ArgumentParser]) -> None:
                              "after the training-free row of its configuration, with the model it started from (a "
                              "reference model; with --model, runs trained from --model). Without --families, only the "
                              "runs' families")
+    ablate.add_argument("--lmms", type=_lmms_tasks, metavar="TASK,...",
+                        help="score every configuration on these lmms-eval tasks too (needs vtc[lmms]; see "
+                             "docs/lmms.md), through vtc's lmms-eval model; on the reference models, instead of the "
+                             "synthetic tasks")
+    ablate.add_argument("--lmms-include", type=Path, metavar="FOLDER",
+                        help="a folder of extra lmms-eval task YAMLs (lmms-eval's --include_path), e.g. the one "
+                             "python -m vtc.lmms.write_tasks FOLDER writes")
     ablate.add_argument("--size", type=positive_int, metavar="N",
                         help=f"test samples per task (default {ABLATE_TASK_SIZE}); of a file, its first N "
-                             "(default all)")
+                             "(default all); of an lmms-eval task, its first N documents (default all)")
     ablate.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                         help="samples per generate call while scoring (default 16)")
     latency = ablate.add_argument_group("latency, with --model only")
