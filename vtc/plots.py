@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import PruneConfig
 
@@ -38,7 +38,7 @@ _METHODS = {
     "rvtc": ("rvtc", "^", "triangle up"), "several": ("several components", "D", "diamond"),
     # the pruning baselines, one each (`vtc.PruneConfig.METHODS`)
     "pool": ("pool", "v", "triangle down"), "random": ("random", "X", "cross"), "divprune": ("divprune", "P", "plus"),
-    "visionzip": ("visionzip", "h", "hexagon"), "downsample": ("downsample", "<", "triangle left"),
+    "visionzip": ("visionzip", (4, 1, 0), "four-pointed star"),  # a hexagon would read as PVTC's circle "downsample": ("downsample", "<", "triangle left"),
     "fastv": ("fastv", ">", "triangle right"), "pdrop": ("pdrop", "p", "pentagon"),
     "dart": ("dart", "d", "thin diamond"),  # an octagon would read as PVTC's circle
 }
@@ -100,7 +100,7 @@ def _method(point: ParetoPoint) -> str:
     return point.components[0] if len(point.components) == 1 else "several"
 
 
-def _marker(method: str) -> tuple[str, str]:
+def _marker(method: str) -> tuple[Any, str]:
     """The marker of a method and its shape in words."""
     return _METHODS[method][1:] if method in _METHODS else _OTHER_MARKER
 
