@@ -102,3 +102,13 @@ def test_core_never_names_a_model_family():
 def test_adapter_modules_import_cleanly():
     for name in adapter_modules():
         importlib.import_module(f"vtc.adapters.{name}")
+
+
+def test_the_readme_lists_each_family_s_pruning_methods():
+    """The supported-models table's baseline column names exactly the methods each adapter accepts before the
+    language model (the in-decoder ones work on every family)."""
+    table = README.read_text().split("## Supported models", 1)[1].split("\n\n")[1]
+    header, _, *rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
+    column = header.index("baselines before the LLM")
+    listed = {row[0].strip("`"): set(re.findall(r"`(\w+)`", row[column])) for row in rows}
+    assert listed == {t: set(get_adapter_class(t).prune_methods) for t in vtc.supported_models()}
