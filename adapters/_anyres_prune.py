@@ -15,6 +15,8 @@ OneVision sample) is its grid and one newline token. `keep` counts the tokens of
   so that `keep` at the native count is the native sequence). A base-only image keeps its newline token. The image
   brings the sum of both, about `keep`.
 * `downsample`: fewer crops (`DownsamplePinpoints`): the model itself makes fewer tokens.
+* `visionzip`: scored per view from the feature layer's attention, carried through the packing
+  (`adapters._anyres_visionzip`); newline tokens rank last and are never summarised.
 
 `vtc.prune.pruned_image_template` is the one count function: the patched processor writes its length for every image, and the
 model's reduced features follow its spans.
@@ -35,6 +37,7 @@ from vtc.layout import SampleLayout
 from vtc.patch import PatchLedger
 from vtc.prune import pool_tokens, pruned_image_template
 
+from ._anyres_visionzip import joined_is_resized, packed_view_features, visionzip_image, visionzip_item_shapes
 from ._pinpoints import DownsamplePinpoints
 
 __all__ = ["AnyResPruning"]
@@ -43,11 +46,7 @@ __all__ = ["AnyResPruning"]
 class AnyResPruning:
     """The pruning seams of `_AnyResAdapter` (a mixin: it reads the adapter's packing, crops and pinpoints)."""
 
-    prune_methods: ClassVar[tuple[str, ...]] = ("downsample", "pool", "random", "divprune")
-    prune_refusals: ClassVar[dict[str, str]] = {
-        "visionzip": "VisionZip ranks by the vision tower's attention, which has no score for the newline tokens, "
-                     "and OneVision resizes the joined crops after the projector; this family does not run it yet",
-    }
+    prune_methods: ClassVar[tuple[str, ...]] = ("downsample", "pool", "random", "divprune", "visionzip")
 
     def pruned_templates(self, image_sizes: Sequence[Any], crops: Sequence[int]) -> list[SampleLayout]:
         """Every image's template under pruning, from its size and crop count."""
@@ -77,6 +76,11 @@ class AnyResPruning:
             raise ConfigError("prune.keep", config.keep, f"at most {most}: the model makes at most {most} tokens "
                               "per image (its base view, its crops and their newline tokens)",
                               hint=f"keep={most} keeps every token of every image; a float keeps a fraction.")
+        if config.method == "visionzip" and self.rvtc_pinpoints is not None:
+            # RVTC runs the tower once per run of samples sharing their crops' candidates: the hooks would hold the
+            # last run's attention only
+            raise ConfigError("prune.method", "visionzip", "another method together with rvtc on this family",
+                              hint="Use method='divprune' or 'random' with RVTC, or VisionZip without RVTC.")
 
     def patch_processor_for_prune(self, processor: Any, ledger: PatchLedger) -> None:
         placeholders = functools.partial(self.detached().prune_placeholders, processor.image_token)
@@ -96,10 +100,17 @@ class AnyResPruning:
         crops = self._crops_per_image(inputs)
         natives = [self.native_template(size, n) for size, n in zip(inputs["image_sizes"], crops)]
         packed = output.pooler_output
+        if self.prune_config.method == "visionzip":
+            rows, widths = packed_view_features(self, reduce.capture, inputs["image_sizes"], crops)
+            dtype = reduce.capture["projector_input"].dtype
         reduced = []
         for index, (tokens, native) in enumerate(zip(packed, natives, strict=True)):
             template = pruned_image_template(self.prune_config, native)
-            if self.prune_config.method == "pool":
+            if self.prune_config.method == "visionzip":
+                resized = joined_is_resized(self, inputs["image_sizes"][index], crops[index])
+                reduced.append(visionzip_image(tokens, rows[index], widths, template[0].length, self.projector,
+                                               resized, dtype))
+            elif self.prune_config.method == "pool":
                 reduced.append((self._pool_image(tokens, native, template), None))
             else:
                 reduced.append(reduce(tokens, None, template[0].length, index))
@@ -120,6 +131,12 @@ class AnyResPruning:
         cells = pool_tokens(joined[:, :cols], (oh, ow))
         newlines = joined[:1, cols:].expand(oh, 1, -1)
         return torch.cat([*parts, torch.cat([cells, newlines], dim=1).flatten(0, 1)])
+
+    def visionzip_item_shapes(self, image_inputs: Mapping[str, Any]) -> list[tuple[int, int, int]]:
+        """Per image of `image_inputs`, `(tower tokens, queries per row, grid cells)`: what `vtc.flops.pruning_flops`
+        counts VisionZip's work on."""
+        inputs = {**image_inputs, "image_sizes": self._image_sizes_on_host(image_inputs["image_sizes"])}
+        return visionzip_item_shapes(self, inputs["image_sizes"], self._crops_per_image(inputs))
 
     def downsample_install(self, state: Any) -> None:
         """Give every image the pinpoints `DownsamplePinpoints` allows it (RVTC's per-image pinpoints machinery)."""

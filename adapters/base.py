@@ -414,9 +414,6 @@ class Adapter:
     # ------------------------------------------------------------------------------------------------- pruning
     #: The `vtc.PruneConfig` methods this family supports; `vtc.compress` refuses the others with a `ConfigError`.
     prune_methods: ClassVar[tuple[str, ...]] = ()
-    #: Why a method outside `prune_methods` is left out on this family, where a reason is known: the `ConfigError`
-    #: that refuses it says so.
-    prune_refusals: ClassVar[dict[str, str]] = {}
     #: The pruning config while pruning reduces the model's tokens, else `None`; set by pruning through the ledger.
     prune_config: PruneConfig | None = None
 
@@ -458,6 +455,12 @@ class Adapter:
         """Patch whatever else in the model must see the pruned tokens (e.g. a position index), recording every change
         in `state.ledger`; called for the methods that reduce the model's tokens, after `get_image_features` is
         taken over."""
+
+    def visionzip_item_shapes(self, image_inputs: Mapping[str, Any]) -> list[tuple[int, int, int]] | None:
+        """Per image of `image_inputs`, `(tower tokens, queries per tower row, grid cells)`: what
+        `vtc.flops.pruning_flops` counts VisionZip's work on, for a family whose images are several tower rows
+        packed with tokens of no patch. The default `None`: every item is one tower row of its own tokens."""
+        return None
 
     def downsample_install(self, state: Any) -> None:
         """Make `state.processor` give every image a lower resolution or fewer tiles, so that the model natively makes

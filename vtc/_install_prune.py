@@ -56,10 +56,6 @@ def validate(config: PruneConfig, adapter: Any) -> None:
             raise ConfigError("prune.method", "downsample", f"another method for model_type {model_type!r}: it has "
                               "one fixed input resolution, so there is no lower resolution to feed it",
                               hint="Use method='pool' to average its token grid down to `keep` tokens.")
-        if config.method in adapter.prune_refusals:  # a method the family could run, left out for a reason
-            raise ConfigError("prune.method", config.method, f"another method for model_type {model_type!r}: "
-                              f"{adapter.prune_refusals[config.method]}",
-                              hint=f"Use one of {', '.join(map(repr, adapter.prune_methods))}.")
         families = [t for t in supported_models() if config.method in get_adapter_class(t).prune_methods]
         allowed = (f"one of {', '.join(map(repr, adapter.prune_methods))} for model_type {model_type!r}"
                    if adapter.prune_methods else f"no pruning for model_type {model_type!r} (set prune=None)")

@@ -223,7 +223,7 @@ def prefill_costs(model: nn.Module, inputs: Any) -> list[PrefillCost]:
         stats = last_stats(model)
         layout = stats["visual_layout"] or [()] * len(visual_tokens)
         method = pruning_flops(adapter, prune, layout, inputs["attention_mask"].sum(dim=1).tolist(),
-                               stats["pruned_items"])
+                               stats["pruned_items"], adapter.image_inputs_from(inputs))
     return [PrefillCost(tokens, prefill_flops(text_config, lens).total + extra)
             for tokens, lens, extra in zip(visual_tokens, layer_lens, method)]
 

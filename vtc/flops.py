@@ -20,7 +20,7 @@ the model sees tiles) before the language model, `llm_prune_flops` per prompt fo
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,7 +227,8 @@ def llm_prune_flops(method: str, text_config: Any, sequence_tokens: int, item_to
 
 def pruning_flops(adapter: Any, config: PruneConfig, layout: Sequence[Sequence[Any]],
                   sequence_lengths: Sequence[int] | None = None,
-                  items: Sequence[Sequence[tuple[int, int]]] | None = None) -> list[int]:
+                  items: Sequence[Sequence[tuple[int, int]]] | None = None,
+                  image_inputs: Mapping[str, Any] | None = None) -> list[int]:
     """Per sample of a prefill's visual layout (`last_stats()["visual_layout"]`), the FLOPs `config`'s method spent
     before the language model (`prune_flops` for each of its images, or tiles where the model sees tiles).
 
@@ -240,6 +241,9 @@ def pruning_flops(adapter: Any, config: PruneConfig, layout: Sequence[Sequence[A
         items: per sample, each image's (tile's) `(native, kept)` token counts (`last_stats()["pruned_items"]`),
             for the methods before the language model; without them, one item per visual span, of the kept length,
             from the adapter's native token grid (right where every item has that grid).
+        image_inputs: the prefill's image inputs, for VisionZip on a family whose images are several tower rows
+            packed with tokens of no patch (`adapter.visionzip_item_shapes`: per image its tower tokens, queries per
+            row and grid cells); without them, each item counts as one tower row of its own tokens.
     """
     if config.in_llm:
         stages = len(config.resolve_stage_layers(decoder_dims(adapter.text_config)["num_hidden_layers"]))
@@ -250,16 +254,26 @@ def pruning_flops(adapter: Any, config: PruneConfig, layout: Sequence[Sequence[A
         h, w = adapter.reference_token_grid
         items = [[(max(h * w, span.length), span.length) for span in spans] for spans in layout]
     width = adapter.text_config.hidden_size
+    shapes = None
+    if config.method == "visionzip" and image_inputs is not None:
+        per_image = adapter.visionzip_item_shapes(image_inputs)
+        # one per item; not where `generate` repeated the rows (then each item counts as one tower row)
+        if per_image is not None and len(per_image) == sum(map(len, items)):
+            shapes = iter(per_image)
 
     def item_flops(native: int, kept: int) -> int:
         if config.method != "visionzip":
             return prune_flops(config.method, native, kept, width)
-        rows, cols = adapter.projector_window
         taps = adapter.feature_layer_attention()
-        tower = native * rows * cols + int(adapter.vision_has_cls)
+        if shapes is not None:
+            tower, queries, native = next(shapes)
+            kept = min(kept, native)
+        else:
+            rows, cols = adapter.projector_window
+            tower = native * rows * cols + int(adapter.vision_has_cls)
+            queries = 1 if adapter.vision_has_cls else tower
         return prune_flops("visionzip", native, kept, width, tower_tokens=tower,
                            attention_width=adapter.vision_feature_dim,
-                           head_width=adapter.vision_feature_dim // taps.num_heads,
-                           queries=1 if adapter.vision_has_cls else tower)
+                           head_width=adapter.vision_feature_dim // taps.num_heads, queries=queries)
 
     return [sum(item_flops(native, kept) for native, kept in sample) for sample in items]
