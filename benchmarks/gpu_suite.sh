@@ -14,6 +14,9 @@
 # step per SDPA backend (with and without TORCH_CUDNN_SDPA_AVOID_RECOMPILE), LVTC's host work at batch 16, Qwen2-VL's
 # 7B prefill at batch 1 with 12 rounds, 7B decode at batch 32 (first generations apart, then 2 rounds), torch.compile
 # with the graph breaks named. It writes more than 8 files: archive OUT_DIR when the files that come back are limited.
+# PART `prune`: the pruning baselines (pool, random, DivPrune, VisionZip, FastV, DART, PyramidDrop) and LVTC without
+# restore against the shorter-sequence oracle of their own layer lengths, with decode speed and KV cache, at 0.5B and
+# at 7B shapes in bfloat16, batch 8 (`prune_speed.py`).
 set -u
 out=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [SECONDS]}
 limit=${2:-540}
@@ -61,6 +64,11 @@ if [[ $part == real ]]; then
     step "real_size_$family" "$share" python benchmarks/real_size.py --device cuda --families "$family" \
       --out "$out/real_size_$family" --decode-repeats 2 --budget-s $((share - 40))
   done
+elif [[ $part == prune ]]; then
+  RESERVE=330 step prune_speed 150 python benchmarks/prune_speed.py --device cuda --dtype bfloat16 --batch 8 \
+    --repeats 5 --new-tokens 32
+  step prune_speed_7b 330 python benchmarks/prune_speed.py --device cuda --dtype bfloat16 --batch 8 --7b \
+    --repeats 5 --new-tokens 32
 elif [[ $part == gaps ]]; then
   RESERVE=490 step first_sight 60 python benchmarks/first_sight.py --device cuda --batch 32 --new-tokens 32
   RESERVE=430 step first_sight_avoid_recompile 60 env TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 \

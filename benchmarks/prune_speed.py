@@ -23,7 +23,7 @@ order that rotates from round to round); the table reports medians over rounds a
 
     python benchmarks/prune_speed.py                                   # CPU, float32: about 10 minutes
     python benchmarks/prune_speed.py --small --repeats 3               # 2-layer tower, 8-layer decoder: a smoke run
-    python benchmarks/prune_speed.py --device cuda --dtype bfloat16 --batch 8
+    python benchmarks/prune_speed.py --device cuda --dtype bfloat16 --batch 8 --7b   # a GPU, 7B shapes
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import time
 import torch
 from common import describe_run, parser_with_common_options, print_table
 from decode_speed import timed_generate
-from pvtc_speed import IMAGE_TOKEN, PATCH_GRID, build_model, make_inputs
+from pvtc_speed import IMAGE_TOKEN, PATCH_GRID, TEXT_7B, build_model, make_inputs
 
 import vtc
 from vtc.bench import kv_cache_megabytes
@@ -118,10 +118,14 @@ def main() -> None:
     parser = parser_with_common_options(__doc__)
     parser.add_argument("--keep", type=int, default=144, help="visual tokens kept of 576 (default 144)")
     parser.add_argument("--new-tokens", type=int, default=16, help="greedy tokens per timed generation (default 16)")
-    parser.add_argument("--small", action="store_true", help="a 2-layer tower and an 8-layer decoder: a smoke run")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--small", action="store_true", help="a 2-layer tower and an 8-layer decoder: a smoke run")
+    size.add_argument("--7b", dest="seven_b", action="store_true",
+                      help="LLaVA-1.5-7B's decoder (32 layers, width 4096) behind the same tower")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    model = build_model(args.device, dtype, args.attn, **(dict(vision_layers=2, text_layers=8) if args.small else {}))
+    shape = dict(vision_layers=2, text_layers=8) if args.small else dict(text=TEXT_7B) if args.seven_b else {}
+    model = build_model(args.device, dtype, args.attn, **shape)
     full_inputs = make_inputs(None, args.batch, args.device, dtype)
     full = full_inputs["input_ids"].shape[1]
     text_config = model.config.text_config

@@ -34,21 +34,28 @@ TEXT_TOKENS = 64
 IMAGE_TOKEN = 151_655
 
 
+#: The decoder of LLaVA-1.5-7B (Vicuna-7B), for `build_model(text=...)`: 7B shapes with the same tower.
+TEXT_7B = dict(hidden_size=4096, intermediate_size=11_008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32)
+
+
 def build_model(device: str, dtype: torch.dtype, attn: str, vision_layers: int = 24,
-                text_layers: int = 24) -> LlavaForConditionalGeneration:
+                text_layers: int = 24, text: dict | None = None) -> LlavaForConditionalGeneration:
+    """The benchmark's model; `text` overrides entries of the Qwen2-0.5B-sized decoder's config (e.g. `TEXT_7B`)."""
     config = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
                            num_hidden_layers=vision_layers, num_attention_heads=16, image_size=336, patch_size=14,
                            projection_dim=768),
-        text_config=dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=text_layers,
-                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151_936,
-                         max_position_embeddings=4096, tie_word_embeddings=True),
+        text_config={**dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=text_layers,
+                            num_attention_heads=14, num_key_value_heads=2, vocab_size=151_936,
+                            max_position_embeddings=4096, tie_word_embeddings=True), **(text or {})},
         image_token_index=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default",
         image_seq_length=PATCH_GRID[0] * PATCH_GRID[1],
     )
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration._from_config(config, attn_implementation=attn, dtype=dtype)
-    return model.to(device).eval()
+    with torch.device(device):  # a 7B decoder is made where it runs, not first in host memory
+        model = LlavaForConditionalGeneration._from_config(config, attn_implementation=attn, dtype=dtype)
+    return model.eval()
 
 
 def visual_tokens(ratio: int | None) -> int:

@@ -17,7 +17,8 @@ def test_gpu_suite_skips_what_its_time_limit_leaves_no_room_for(tmp_path):
                         ("extra", ["lvtc_host_work", "lvtc_speed", "host_overhead", "decode_anatomy", "decode_speed", "pool_kernels",
                                   "compile_speed"]),
                         ("gaps", ["first_sight", "first_sight_avoid_recompile", "lvtc_host_work", "real_size_batch1",
-                                  "real_size_decode", "compile_speed"])):
+                                  "real_size_decode", "compile_speed"]),
+                        ("prune", ["prune_speed", "prune_speed_7b"])):
         out = tmp_path / part
         subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), str(out), "15", part], check=True,
                        capture_output=True, timeout=120)
