@@ -136,7 +136,10 @@ class _Controller(ShortenedLayerSwap):
             record = call.recording
             plan = None if record is None else record.llm_prune_plan
             pruning = plan is not None and plan.active
-            call.llm_prune = PruneStep(prefill=True, active=True, plan=plan, mask2d=mask) if pruning else PruneStep()
+            # An unpadded prompt's mask attends everywhere: the stages build their masks from the selection alone
+            # (none where every row keeps as many tokens), as the model would for the unpruned prompt.
+            mask2d = mask if pruning and plan.padded else None
+            call.llm_prune = PruneStep(prefill=True, active=True, plan=plan, mask2d=mask2d) if pruning else PruneStep()
             return None
         inputs = bound.get("inputs_embeds")
         inputs = bound.get("input_ids") if inputs is None else inputs

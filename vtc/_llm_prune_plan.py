@@ -54,6 +54,8 @@ class PrunePlan:
         lengths: per stage, per sample, the sequence length after the stage.
         last: per stage, per sample, the position of its last prompt token in the sequence entering the stage.
         active: whether any stage drops a token (otherwise every layer runs as unpatched).
+        padded: whether the prompt's attention mask masks any position (otherwise the stages need a mask only where
+            their rows keep different lengths, and SDPA may run its causal kernels, flash among them).
     """
 
     seq_len: int
@@ -61,6 +63,7 @@ class PrunePlan:
     lengths: tuple[tuple[int, ...], ...]
     last: tuple[tuple[int, ...], ...]
     active: bool
+    padded: bool = True
 
 
 def item_counts(config: PruneConfig, native: int, stage_layers: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
@@ -131,4 +134,4 @@ def plan_prefill(config: PruneConfig, stage_layers: tuple[int, ...], num_layers:
     items = tuple(PlannedItem(b, chunks[2 * i], chunks[2 * i + 1], counts)
                   for i, (b, _, _, counts) in enumerate(host_items))
     active = any(count < len(where) for _, where, _, counts in host_items for count in counts)
-    return PrunePlan(seq_len, items, tuple(lengths), tuple(last), active)
+    return PrunePlan(seq_len, items, tuple(lengths), tuple(last), active, padded=not bool(real.all()))
