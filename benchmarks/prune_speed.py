@@ -29,11 +29,11 @@ order that rotates from round to round); the table reports medians over rounds a
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 from common import describe_run, parser_with_common_options, print_table
 from decode_speed import timed_generate
+from lvtc_speed import timed_prefill
 from pvtc_speed import IMAGE_TOKEN, PATCH_GRID, TEXT_7B, build_model, make_inputs
 
 import vtc
@@ -81,16 +81,6 @@ def with_placeholders(inputs: dict[str, torch.Tensor], count: int) -> dict[str, 
     keep = torch.ones(ids.shape[1], dtype=torch.bool, device=ids.device)
     keep[image[count:]] = False
     return {**inputs, "input_ids": ids[:, keep], "attention_mask": inputs["attention_mask"][:, keep]}
-
-
-def timed_prefill(model, inputs, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    model(**inputs, use_cache=True, logits_to_keep=1)  # generate's prefill: logits of the last position only
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) * 1e3
 
 
 def own_work_ms(model, inputs) -> float:

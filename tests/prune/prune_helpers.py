@@ -1,10 +1,11 @@
 """What the pruning tests share: the families and methods, expected counts, and model inspections."""
 
 import torch
+from references import append_tokens, vtc_hooks
 
 import vtc
 from vtc.prune import SELECTION_METHODS, item_token_count
-from vtc.testing import build_tiny_model, build_tiny_processor, image_placeholder, tiny_images
+from vtc.testing import build_tiny_model, build_tiny_processor, image_placeholder, tiny_batch, tiny_images
 
 FAMILIES = ("llava", "internvl")
 #: The methods that act on the model's tokens (every family of this slice has them); `downsample` is InternVL's only.
@@ -108,3 +109,20 @@ def check_sdpa_and_eager_agree(run):
     (sdpa, sdpa_kept), (eager, eager_kept) = run("sdpa"), run("eager")
     assert sdpa_kept == eager_kept
     torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-4)
+
+
+def check_generate_then_unpatch(model, processor, family, inputs, stats, keys, reference_inputs, logits=logits):
+    """Cached `generate` prunes as the forward did, equals a no-cache forward over the same tokens at every step and
+    `generate(use_cache=False)`; then `unpatch` leaves no hook, weight or processor change behind."""
+    generated = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, output_logits=True,
+                               return_dict_in_generate=True)
+    assert vtc.last_stats(model)["kept"] == stats["kept"]  # generate's prefill pruned the same way
+    seq_len = inputs["input_ids"].shape[1]
+    no_cache = logits(model, append_tokens(inputs, generated.sequences[:, :-1]), use_cache=False)
+    for step, step_logits in enumerate(generated.logits):
+        torch.testing.assert_close(step_logits, no_cache[:, seq_len - 1 + step], rtol=0, atol=1e-4)
+    uncached = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, use_cache=False)
+    assert torch.equal(uncached, generated.sequences)
+    vtc.unpatch(model)
+    assert vtc_hooks(model) == [] and list(model.state_dict()) == keys and not hasattr(model, "_vtc_state")
+    assert tiny_batch(family, processor, batch=2)["input_ids"].equal(reference_inputs["input_ids"])

@@ -11,8 +11,17 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
-from prune_helpers import logits, placeholder_runs, prune, three_samples, with_positions
-from references import append_tokens, identical, vtc_hooks
+from prune_helpers import (
+    check_batch_equals_singles,
+    check_generate_then_unpatch,
+    check_sdpa_and_eager_agree,
+    logits,
+    placeholder_runs,
+    prune,
+    three_samples,
+    with_positions,
+)
+from references import identical, vtc_hooks
 from transformers.image_processing_utils import select_best_resolution
 
 import vtc
@@ -137,18 +146,8 @@ def test_budget_agreement_generate_and_unpatch(family, method, keep_kind):
         if method != "visionzip":  # VisionZip: the dominant tokens ascending, then the contextual targets
             assert all(k == sorted(k) for (k,) in stats["kept"])
 
-    generated = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, output_logits=True,
-                               return_dict_in_generate=True)
-    assert vtc.last_stats(model)["kept"] == stats["kept"]
-    seq_len = inputs["input_ids"].shape[1]
-    no_cache = logits(model, append_tokens(inputs, generated.sequences[:, :-1]), use_cache=False)
-    for step, step_logits in enumerate(generated.logits):
-        torch.testing.assert_close(step_logits, no_cache[:, seq_len - 1 + step], rtol=0, atol=1e-4)
-    assert out.logits.shape[1] == seq_len
-
-    vtc.unpatch(model)
-    assert vtc_hooks(model) == [] and list(model.state_dict()) == keys and not hasattr(model, "_vtc_state")
-    assert tiny_batch(family, processor, batch=2)["input_ids"].equal(reference_inputs["input_ids"])
+    assert out.logits.shape[1] == inputs["input_ids"].shape[1]
+    check_generate_then_unpatch(model, processor, family, inputs, stats, keys, reference_inputs)
     assert torch.equal(logits(model, reference_inputs), reference)
 
 
@@ -223,27 +222,18 @@ def test_the_processor_count_is_the_models_native_packing_for_every_size():
 def test_a_batch_equals_its_samples_alone(family, method):
     model, processor = compressed(family, prune(method, KEEP))
     batch, alone = three_samples(family, processor)
-    batched = logits(model, batch)
-    kept = vtc.last_stats(model)["kept"]
-    for index, inputs in enumerate(alone):
-        single = logits(model, inputs)[0]
-        torch.testing.assert_close(batched[index, -single.shape[0]:], single, rtol=0, atol=1e-5)
-        if method != "pool" and index < 2:
-            assert vtc.last_stats(model)["kept"][0] == kept[index]
-    assert kept is None if method == "pool" else kept[2] == []
+    check_batch_equals_singles(model, method, batch, alone)
 
 
 @pytest.mark.parametrize(("family", "method"), CASES)
 def test_sdpa_and_eager_agree(family, method):
-    results = []
-    for attn in ("sdpa", "eager"):
+    def run(attn):
         model, processor = compressed(family, prune(method, KEEP), attn)
         inputs = tiny_batch(family, processor, batch=2)
         real = inputs["attention_mask"].bool()
-        results.append((logits(model, inputs)[real], vtc.last_stats(model)["kept"]))
-    (sdpa, sdpa_kept), (eager, eager_kept) = results
-    assert sdpa_kept == eager_kept
-    torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-4)
+        return logits(model, inputs)[real], vtc.last_stats(model)["kept"]
+
+    check_sdpa_and_eager_agree(run)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -13,7 +13,10 @@ from prune_helpers import (
     GRID,
     KEEP,
     MODEL_METHODS,
+    check_batch_equals_singles,
+    check_generate_then_unpatch,
     check_kept,
+    check_sdpa_and_eager_agree,
     compressed,
     items_of,
     logits,
@@ -24,7 +27,7 @@ from prune_helpers import (
     three_samples,
     with_positions,
 )
-from references import append_tokens, identical, vtc_hooks
+from references import identical, vtc_hooks
 
 import vtc
 from vtc.testing import build_tiny_model, build_tiny_processor, tiny_batch
@@ -59,19 +62,8 @@ def test_budget_agreement_generate_and_unpatch(family, method, keep_kind):
     assert stats["visual_tokens"] == per_sample and sum(per_sample) == count * len(features)
     check_kept(family, method, stats["kept"], [[count] * len(spans) for spans in stats["visual_layout"]])
 
-    # cached generate equals a no-cache forward over the same tokens, at every step
-    generated = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, output_logits=True,
-                               return_dict_in_generate=True)
-    assert vtc.last_stats(model)["kept"] == stats["kept"]  # generate's prefill pruned the same way
-    seq_len = inputs["input_ids"].shape[1]
-    no_cache = logits(model, append_tokens(inputs, generated.sequences[:, :-1]), use_cache=False)
-    for step, step_logits in enumerate(generated.logits):
-        torch.testing.assert_close(step_logits, no_cache[:, seq_len - 1 + step], rtol=0, atol=1e-4)
-    assert out.logits.shape[1] == seq_len
-
-    vtc.unpatch(model)
-    assert vtc_hooks(model) == [] and list(model.state_dict()) == keys and not hasattr(model, "_vtc_state")
-    assert tiny_batch(family, processor, batch=2)["input_ids"].equal(reference_inputs["input_ids"])
+    assert out.logits.shape[1] == inputs["input_ids"].shape[1]
+    check_generate_then_unpatch(model, processor, family, inputs, stats, keys, reference_inputs)
     assert torch.equal(logits(model, reference_inputs), reference)
 
 
@@ -96,27 +88,18 @@ def test_keep_at_the_native_count_is_the_unpatched_model(family, method, attn):
 def test_a_batch_equals_its_samples_alone(family, method):
     model, processor = compressed(family, prune(method, KEEP[family]))
     batch, alone = three_samples(family, processor)
-    batched = logits(model, batch)
-    kept = vtc.last_stats(model)["kept"]
-    for index, inputs in enumerate(alone):
-        single = logits(model, inputs)[0]
-        torch.testing.assert_close(batched[index, -single.shape[0]:], single, rtol=0, atol=1e-5)
-        if method != "pool" and index < 2:
-            assert vtc.last_stats(model)["kept"][0] == kept[index]
-    assert kept is None if method == "pool" else kept[2] == []
+    check_batch_equals_singles(model, method, batch, alone)
 
 
 @pytest.mark.parametrize(("family", "method"), CASES)
 def test_sdpa_and_eager_agree(family, method):
-    results = []
-    for attn in ATTENTION:
+    def run(attn):
         model, processor = compressed(family, prune(method, KEEP[family]), attn)
         inputs = tiny_batch(family, processor, batch=2)
         real = inputs["attention_mask"].bool()  # padding positions carry no meaning
-        results.append((logits(model, inputs)[real], vtc.last_stats(model)["kept"]))
-    (sdpa, sdpa_kept), (eager, eager_kept) = results
-    assert sdpa_kept == eager_kept
-    torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-4)
+        return logits(model, inputs)[real], vtc.last_stats(model)["kept"]
+
+    check_sdpa_and_eager_agree(run)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

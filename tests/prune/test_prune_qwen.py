@@ -10,8 +10,14 @@ import pickle
 
 import pytest
 import torch
-from prune_helpers import check_batch_equals_singles, check_sdpa_and_eager_agree, placeholder_runs, prune
-from references import append_tokens, identical, vtc_hooks
+from prune_helpers import (
+    check_batch_equals_singles,
+    check_generate_then_unpatch,
+    check_sdpa_and_eager_agree,
+    placeholder_runs,
+    prune,
+)
+from references import identical, vtc_hooks
 from test_prune_rules import divprune_oracle
 from transformers.vision_utils import get_vision_window_index
 
@@ -96,20 +102,7 @@ def test_budget_agreement_generate_and_unpatch(family, method, keep_kind):
     else:
         assert stats["kept"] is None
 
-    # cached generate equals a no-cache forward over the same tokens, at every step
-    generated = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, output_logits=True,
-                               return_dict_in_generate=True)
-    assert vtc.last_stats(model)["kept"] == stats["kept"]
-    seq_len = inputs["input_ids"].shape[1]
-    no_cache = logits(model, append_tokens(inputs, generated.sequences[:, :-1]), use_cache=False)
-    for step, step_logits in enumerate(generated.logits):
-        torch.testing.assert_close(step_logits, no_cache[:, seq_len - 1 + step], rtol=0, atol=1e-4)
-    uncached = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, use_cache=False)
-    assert torch.equal(uncached, generated.sequences)
-
-    vtc.unpatch(model)
-    assert vtc_hooks(model) == [] and list(model.state_dict()) == keys and not hasattr(model, "_vtc_state")
-    assert tiny_batch(family, processor, batch=2)["input_ids"].equal(reference_inputs["input_ids"])
+    check_generate_then_unpatch(model, processor, family, inputs, stats, keys, reference_inputs, logits)
     assert torch.equal(logits(model, reference_inputs), reference)
 
 
